@@ -1,0 +1,27 @@
+"""A small HTTP API with a health endpoint."""
+
+import json
+import pathlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PORT = 8077
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            body = b"ok"
+        else:
+            body = pathlib.Path("data.json").read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt: str, *args: object) -> None:
+        print(f"api: {fmt % args}", flush=True)
+
+
+if __name__ == "__main__":
+    print(f"api listening on http://127.0.0.1:{PORT}", flush=True)
+    ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()

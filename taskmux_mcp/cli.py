@@ -1,0 +1,632 @@
+"""The companion CLI `taskmux`: parse, call the supervisor, print; exit 0 ok, 1 failed, 2 usage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import anyio
+from pydantic import BaseModel
+
+from . import config as configuration
+from .errors import ConfigError, InvalidArgument, TaskmuxError, UnknownTask
+from .events import Cause
+from .models import (
+    ActionResult,
+    EventsResult,
+    GrepResult,
+    HealthResult,
+    InspectResult,
+    LogLine,
+    LogsResult,
+    StatusResult,
+)
+from .supervisor import Supervisor
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+T = TypeVar("T")
+
+
+class UsageError(Exception):
+    """A command line that cannot be acted on."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def tmux_socket(args: argparse.Namespace) -> str | None:
+    """The named tmux server to use, from --tmux-socket or $TASKMUX_TMUX_SOCKET."""
+    value = getattr(args, "tmux_socket", None) or os.environ.get("TASKMUX_TMUX_SOCKET")
+    return value or None
+
+
+def load_project(args: argparse.Namespace) -> configuration.ProjectConfig:
+    """Find and load the project's taskmux.toml from the global options."""
+    path = configuration.discover_config(
+        project=getattr(args, "project", None), config=getattr(args, "config", None)
+    )
+    return configuration.load_config(path)
+
+
+def hosted_monitor_enabled() -> bool:
+    """Whether starting a task also keeps a monitor window in the project's session."""
+    return os.environ.get("TASKMUX_HOSTED_MONITOR", "1") not in ("0", "false", "no")
+
+
+def open_supervisor(args: argparse.Namespace, cause: Cause = Cause.USER) -> Supervisor:
+    """The supervisor of the project the options name."""
+    return Supervisor(
+        load_project(args),
+        socket_name=tmux_socket(args),
+        cause=cause,
+        host_monitor=hosted_monitor_enabled(),
+    )
+
+
+def _emit(args: argparse.Namespace, model: BaseModel, human: Callable[[Any], str]) -> None:
+    if args.json:
+        print(model.model_dump_json(indent=2))
+    else:
+        text = human(model)
+        if text:
+            print(text)
+
+
+def _run(coro: Callable[[], Awaitable[T]]) -> T:
+    return anyio.run(coro)
+
+
+def _progress(args: argparse.Namespace) -> Callable[[str], Awaitable[None]] | None:
+    if args.json or not sys.stderr.isatty():
+        return None
+
+    async def show(message: str) -> None:
+        print(f"  … {message}", file=sys.stderr, flush=True)
+
+    return show
+
+
+# ------------------------------------------------------------------ formatting
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600}h"
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns."""
+    if not rows:
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def format_status(result: StatusResult) -> str:
+    """Human view of status."""
+    monitor = (
+        f"monitor: pid {result.monitor.pid} ({result.monitor.host})"
+        if result.monitor.acting
+        else "monitor: none acting (restart policies apply while `taskmux monitor` or an MCP "
+        "server runs)"
+    )
+    head = f"project {result.project}  session {result.session}  {monitor}"
+    rows = [["TASK", "STATE", "HEALTH", "PID", "PORT", "UPTIME", "RESTARTS", "EXIT"]]
+    for task in result.tasks:
+        exit_text = task.exit_signal or ("" if task.exit_code is None else str(task.exit_code))
+        state = task.state.value + (" (stopped by user)" if task.manually_stopped else "")
+        rows.append(
+            [
+                task.name,
+                state,
+                task.health.value,
+                str(task.pid or "-"),
+                str(task.port or "-"),
+                _age(task.uptime_s),
+                str(task.restarts),
+                exit_text or "-",
+            ]
+        )
+    lines = [head, format_table(rows)]
+    lines += [f"  {t.name}: {t.error}" for t in result.tasks if t.error]
+    return "\n".join(lines)
+
+
+def format_action(result: ActionResult) -> str:
+    """Human view of a start/stop/restart/kill."""
+    lines = []
+    for task in result.tasks:
+        mark = "ok " if task.ok else "ERR"
+        extra = []
+        if task.pid:
+            extra.append(f"pid {task.pid}")
+        if task.exit_signal:
+            extra.append(f"signal {task.exit_signal}")
+        elif task.exit_code is not None:
+            extra.append(f"exit {task.exit_code}")
+        if task.duration_s is not None:
+            extra.append(f"{task.duration_s:.2f}s")
+        detail = f" ({', '.join(extra)})" if extra else ""
+        lines.append(f"{mark} {task.name}: {task.action}, {task.state.value}{detail}")
+        if task.error:
+            lines.append(f"    error: {task.error}")
+        if task.check_output:
+            lines.append(f"    check: {task.check_output.strip()}")
+        for line in task.log_tail:
+            lines.append(f"    | {line}")
+    if result.message and not result.tasks:
+        lines.append(result.message)
+    return "\n".join(lines)
+
+
+def format_health(result: HealthResult) -> str:
+    """Human view of health."""
+    rows = [["TASK", "HEALTHY", "METHOD", "MS", "DETAIL"]]
+    for report in result.tasks:
+        verdict = "-" if report.healthy is None else ("yes" if report.healthy else "NO")
+        rows.append(
+            [report.name, verdict, report.method, f"{report.duration_ms:.0f}", report.detail[:100]]
+        )
+    return format_table(rows)
+
+
+def format_lines(lines: Sequence[LogLine], prefix: bool, color: bool = False) -> str:
+    """Log lines, optionally prefixed by their task."""
+    out = []
+    width = max((len(line.task) for line in lines), default=0)
+    for line in lines:
+        if prefix:
+            label = line.task.ljust(width)
+            if color:
+                label = f"\x1b[{31 + (sum(map(ord, line.task)) % 6)}m{label}\x1b[0m"
+            out.append(f"{label} | {line.text}")
+        else:
+            out.append(line.text)
+    return "\n".join(out)
+
+
+def format_logs(result: LogsResult, prefix: bool) -> str:
+    """Human view of logs."""
+    text = format_lines(result.lines, prefix, color=sys.stdout.isatty())
+    if result.truncated and result.omitted:
+        text = f"… {result.omitted} earlier line(s) left out\n{text}"
+    return text
+
+
+def format_grep(result: GrepResult) -> str:
+    """Human view of grep matches, grep-style."""
+    out = []
+    for match in result.matches:
+        out += [f"{match.task}-  {line}" for line in match.before]
+        out.append(f"{match.task}:  {match.line}")
+        out += [f"{match.task}-  {line}" for line in match.after]
+        if match.before or match.after:
+            out.append("--")
+    if result.truncated:
+        out.append(f"… stopped after {len(result.matches)} matches")
+    return "\n".join(out)
+
+
+def format_events(result: EventsResult) -> str:
+    """Human view of events."""
+    rows = []
+    for event in result.events:
+        details = " ".join(f"{k}={v}" for k, v in event.details.items())
+        rows.append(
+            [
+                event.time.astimezone().strftime("%H:%M:%S"),
+                event.type,
+                event.task or "-",
+                event.cause,
+                details,
+            ]
+        )
+    return format_table(rows) if rows else "(no events)"
+
+
+def format_inspect(result: InspectResult) -> str:
+    """Human view of inspect."""
+    data = result.model_dump(mode="json")
+    return json.dumps(data, indent=2)
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """status / ls / list."""
+    sup = open_supervisor(args)
+    result = _run(sup.status)
+    _emit(args, result, format_status)
+    return EXIT_OK
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """start [TASK...]."""
+    sup = open_supervisor(args)
+
+    async def go() -> ActionResult:
+        return await sup.start(
+            args.tasks, wait=not args.no_wait, timeout=args.timeout, progress=_progress(args)
+        )
+
+    result = _run(go)
+    _emit(args, result, format_action)
+    if args.monitor:
+        from .monitor import run_monitor_foreground
+
+        return run_monitor_foreground(sup, host="cli")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """stop [TASK...]."""
+    sup = open_supervisor(args)
+
+    async def go() -> ActionResult:
+        return await sup.stop(args.tasks)
+
+    result = _run(go)
+    _emit(args, result, format_action)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    """restart [TASK...]."""
+    sup = open_supervisor(args)
+
+    async def go() -> ActionResult:
+        return await sup.restart(
+            args.tasks, wait=not args.no_wait, timeout=args.timeout, progress=_progress(args)
+        )
+
+    result = _run(go)
+    _emit(args, result, format_action)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    """kill TASK..."""
+    sup = open_supervisor(args)
+
+    async def go() -> ActionResult:
+        return await sup.kill(args.tasks)
+
+    result = _run(go)
+    _emit(args, result, format_action)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """health [TASK...]."""
+    sup = open_supervisor(args)
+
+    async def go() -> HealthResult:
+        return await sup.health(args.tasks)
+
+    result = _run(go)
+    _emit(args, result, format_health)
+    return EXIT_OK if all(r.healthy is not False for r in result.tasks) else EXIT_FAILED
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """inspect TASK."""
+    sup = open_supervisor(args)
+
+    async def go() -> InspectResult:
+        return await sup.inspect(args.task)
+
+    _emit(args, _run(go), format_inspect)
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """events [TASK] [--since S] [-n N]."""
+    sup = open_supervisor(args)
+    _emit(args, sup.read_events(args.task, since=args.since, limit=args.n), format_events)
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """logs [TASK] [-n N] [-f] [--since S] [-g PATTERN] [-C N]."""
+    sup = open_supervisor(args)
+    tasks = [args.task] if args.task else []
+    if args.grep:
+        found = sup.grep(args.grep, tasks, context=args.context, since=args.since)
+        _emit(args, found, format_grep)
+        return EXIT_OK if found.matches else EXIT_FAILED
+    if args.follow:
+        names = sup.config.require(tasks) if tasks else list(sup.config.tasks)
+        color = sys.stdout.isatty() and not args.json
+        try:
+            for line in sup.logs.follow(names, since=args.since, lines=args.n):
+                if args.json:
+                    print(line.model_dump_json(), flush=True)
+                else:
+                    print(format_lines([line], prefix=len(names) > 1, color=color), flush=True)
+        except KeyboardInterrupt:
+            return EXIT_OK
+        return EXIT_OK
+    result = sup.read_logs(args.task, lines=args.n, since=args.since)
+    _emit(args, result, lambda r: format_logs(r, prefix=args.task is None))
+    return EXIT_OK
+
+
+def cmd_grep(args: argparse.Namespace) -> int:
+    """grep PATTERN [TASK...] [-C N] [-i] [--since S]."""
+    sup = open_supervisor(args)
+    result = sup.grep(
+        args.pattern,
+        args.tasks,
+        context=args.context,
+        ignore_case=args.ignore_case,
+        since=args.since,
+        max_matches=args.max_matches,
+    )
+    _emit(args, result, format_grep)
+    return EXIT_OK if result.matches else EXIT_FAILED
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return configuration.discover_config(
+        project=getattr(args, "project", None), config=getattr(args, "config", None)
+    )
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    """add NAME COMMAND [...]."""
+    path = _config_path(args)
+    cfg = configuration.add_task(
+        path,
+        args.name,
+        args.command,
+        cwd=args.cwd,
+        port=args.port,
+        depends_on=args.depends_on,
+        health_check=args.health_check,
+        health_url=args.health_url,
+    )
+    if args.json:
+        print(cfg.task(args.name).model_dump_json(indent=2))
+    else:
+        print(f"added task '{args.name}' to {path}")
+    return EXIT_OK
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    """remove NAME."""
+    path = _config_path(args)
+    configuration.remove_task(path, args.name)
+    if args.json:
+        print(json.dumps({"removed": args.name, "config_path": str(path)}))
+    else:
+        print(f"removed task '{args.name}' from {path} (stop it with `taskmux stop` if it runs)")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """check: validate taskmux.toml, cwds and executables."""
+    cfg = load_project(args)
+    problems = configuration.runtime_problems(cfg)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": not problems,
+                    "config_path": str(cfg.config_path),
+                    "tasks": list(cfg.tasks),
+                    "problems": [str(p) for p in problems],
+                },
+                indent=2,
+            )
+        )
+    elif problems:
+        print(f"{cfg.config_path}: {len(problems)} problem(s):", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+    else:
+        print(f"{cfg.config_path}: ok ({len(cfg.tasks)} tasks)")
+    return EXIT_USAGE if problems else EXIT_OK
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    """attach [TASK]: tmux attach (or switch-client inside tmux)."""
+    sup = open_supervisor(args)
+    snap = sup.tmux.snapshot_sync()
+    if snap.session is None:
+        print("taskmux: the project has no tmux session yet; run `taskmux start`", file=sys.stderr)
+        return EXIT_FAILED
+    tmux = shutil.which("tmux") or "tmux"
+    base = [tmux, "-L", sup.tmux.socket_name]
+    target = f"={snap.session}"
+    if args.task:
+        pane = snap.panes.get(sup.config.task(args.task).name)
+        if pane is None:
+            print(f"taskmux: task '{args.task}' has no window; start it first", file=sys.stderr)
+            return EXIT_FAILED
+        sup.tmux.run("select-window", "-t", pane.window_id)
+        target = pane.window_id
+    inside = bool(os.environ.get("TMUX"))
+    argv = [*base, "switch-client" if inside else "attach-session", "-t", target]
+    if args.dry_run:
+        print(shlex.join(argv))
+        return EXIT_OK
+    os.execvp(argv[0], argv)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """init [--defaults]: create taskmux.toml and the agent note."""
+    from .init import run_init
+
+    return run_init(Path(args.project or os.getcwd()), defaults=args.defaults, as_json=args.json)
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """monitor: run the monitor in the foreground."""
+    from .monitor import run_monitor_foreground
+
+    sup = open_supervisor(args, Cause.POLICY)
+    if args.hosted:
+        print(f"taskmux monitor of {sup.config.name}: keeps restart policies working", flush=True)
+        return run_monitor_foreground(sup, host="tmux", exit_when_idle=True)
+    return run_monitor_foreground(sup, host="cli")
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """mcp: run the stdio MCP server."""
+    from .mcp_server import serve
+
+    return serve(project=args.project, config=args.config, tmux_socket=tmux_socket(args))
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `taskmux`."""
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--project",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="project folder (holding taskmux.toml)",
+    )
+    common.add_argument(
+        "--config", metavar="FILE", default=argparse.SUPPRESS, help="path of taskmux.toml"
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print results as JSON (the MCP tools' shapes)",
+    )
+    common.add_argument("--tmux-socket", metavar="NAME", default=argparse.SUPPRESS,
+                        help="named tmux server (tmux -L NAME)")  # fmt: skip
+    parser = _Parser(
+        prog="taskmux",
+        description="Run and watch a project's dev tasks in tmux.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], helptext: str,
+                aliases: Sequence[str] = ()) -> argparse.ArgumentParser:  # fmt: skip
+        p = sub.add_parser(name, parents=[common], help=helptext, aliases=list(aliases))
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("init", cmd_init, "create taskmux.toml and an agent note")
+    p.add_argument("--defaults", action="store_true", help="do not ask; write what was detected")
+    for name, handler, helptext in (
+        ("start", cmd_start, "start tasks (all auto_start ones by default) and wait"),
+        ("restart", cmd_restart, "stop then start tasks (all running ones by default)"),
+    ):
+        p = command(name, handler, helptext)
+        p.add_argument("tasks", nargs="*", metavar="TASK")
+        p.add_argument("--no-wait", action="store_true", help="return once launched")
+        p.add_argument("--timeout", type=float, default=60.0, metavar="S")
+        if name == "start":
+            p.add_argument("-m", "--monitor", action="store_true",
+                           help="then stay in the foreground as the monitor")  # fmt: skip
+    p = command("stop", cmd_stop, "stop tasks gracefully (all by default)")
+    p.add_argument("tasks", nargs="*", metavar="TASK")
+    p = command("kill", cmd_kill, "SIGKILL tasks and remove their windows")
+    p.add_argument("tasks", nargs="+", metavar="TASK")
+    command("status", cmd_status, "show every task", aliases=("ls", "list"))
+    p = command("health", cmd_health, "run health checks now")
+    p.add_argument("tasks", nargs="*", metavar="TASK")
+    p = command("inspect", cmd_inspect, "everything known of one task")
+    p.add_argument("task", metavar="TASK")
+    p = command("events", cmd_events, "recent events")
+    p.add_argument("task", nargs="?", metavar="TASK")
+    p.add_argument("--since", metavar="S")
+    p.add_argument("-n", type=int, default=50, metavar="N")
+    p = command("logs", cmd_logs, "task output (all tasks interleaved by default)")
+    p.add_argument("task", nargs="?", metavar="TASK")
+    p.add_argument("-n", type=int, default=100, metavar="N", help="lines (default 100)")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--since", metavar="S", help="start | 30s | 5m | 2h | ISO time")
+    p.add_argument("-g", "--grep", metavar="PATTERN")
+    p.add_argument("-C", "--context", type=int, default=2, metavar="N")
+    p = command("grep", cmd_grep, "search logs with a regular expression")
+    p.add_argument("pattern", metavar="PATTERN")
+    p.add_argument("tasks", nargs="*", metavar="TASK")
+    p.add_argument("-C", "--context", type=int, default=2, metavar="N")
+    p.add_argument("-i", "--ignore-case", action="store_true")
+    p.add_argument("--since", metavar="S")
+    p.add_argument("-m", "--max-matches", type=int, default=100, metavar="N")
+    p = command("add", cmd_add, "add a task to taskmux.toml")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("command", metavar="COMMAND")
+    p.add_argument("--cwd", metavar="D")
+    p.add_argument("--port", type=int, metavar="P")
+    p.add_argument("--depends-on", action="append", default=[], metavar="T")
+    p.add_argument("--health-check", metavar="C")
+    p.add_argument("--health-url", metavar="U")
+    p = command("remove", cmd_remove, "remove a task from taskmux.toml")
+    p.add_argument("name", metavar="NAME")
+    command("check", cmd_check, "validate taskmux.toml, cwds and commands")
+    p = command("attach", cmd_attach, "attach to the session, or a task's window")
+    p.add_argument("task", nargs="?", metavar="TASK")
+    p.add_argument("--dry-run", action="store_true", help="print the tmux command instead")
+    p = command("monitor", cmd_monitor, "run the monitor in the foreground")
+    p.add_argument("--hosted", action="store_true", help=argparse.SUPPRESS)
+    command("mcp", cmd_mcp, "run the stdio MCP server (same as taskmux-mcp)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `taskmux`."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        for name, default in (("project", None), ("config", None), ("json", False),
+                              ("tmux_socket", None)):  # fmt: skip
+            if not hasattr(args, name):
+                setattr(args, name, default)
+        if not getattr(args, "handler", None):
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except UsageError as exc:
+        print(f"taskmux: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ConfigError, UnknownTask, InvalidArgument) as exc:
+        print(f"taskmux: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TaskmuxError as exc:
+        print(f"taskmux: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:
+        print(f"taskmux: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1032 @@
+"""taskmux.toml: its models, discovery, loading with full validation, and editing with tomlkit."""
+
+from __future__ import annotations
+
+import difflib
+import heapq
+import itertools
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import tempfile
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import tomlkit
+import tomlkit.items
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+
+from taskmux_mcp.errors import (
+    ConfigError,
+    ConfigProblem,
+    InvalidArgument,
+    ProjectNotFound,
+    UnknownTask,
+)
+
+CONFIG_FILENAME = "taskmux.toml"
+PROJECT_ENV_VAR = "TASKMUX_PROJECT"
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+NAME_RE: re.Pattern[str] = re.compile(NAME_PATTERN)
+NAME_RULE = "use 1 to 64 ASCII letters, digits, '_' or '-', starting with a letter or digit"
+HOOK_NAMES: tuple[str, ...] = ("before_start", "after_start", "before_stop", "after_stop")
+
+
+class RestartPolicy(StrEnum):
+    """When a task that stopped on its own is started again."""
+
+    NO = "no"
+    ON_FAILURE = "on-failure"
+    ALWAYS = "always"
+
+
+_Seconds = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
+_PositiveSeconds = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
+_Name = Annotated[str, Field(pattern=f"^{NAME_PATTERN}$")]
+_Text = Annotated[str, Field(min_length=1)]
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class HooksConfig(BaseModel):
+    """The four lifecycle hooks (shell commands) of the project or of one task."""
+
+    model_config = _FROZEN
+
+    before_start: _Text | None = None
+    after_start: _Text | None = None
+    before_stop: _Text | None = None
+    after_stop: _Text | None = None
+
+    def get(self, hook: str) -> str | None:
+        """The command of hook `hook` (one of HOOK_NAMES), or None when unset."""
+        if hook not in HOOK_NAMES:
+            raise InvalidArgument(f"unknown hook '{hook}'; hooks are: {', '.join(HOOK_NAMES)}")
+        value: str | None = getattr(self, hook)
+        return value
+
+
+class TaskConfig(BaseModel):
+    """One task of taskmux.toml, with SPEC §3's defaults filled in."""
+
+    model_config = _FROZEN
+
+    name: _Name
+    command: _Text
+    cwd: _Text | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    port: Annotated[int, Field(ge=1, le=65535, strict=True)] | None = None
+    auto_start: StrictBool = True
+    depends_on: tuple[str, ...] = ()
+    health_check: _Text | None = None
+    health_url: _Text | None = None
+    health_interval: _PositiveSeconds = 10.0
+    health_timeout: _PositiveSeconds = 5.0
+    health_retries: Annotated[int, Field(ge=1, strict=True)] = 3
+    health_start_period: _Seconds = 10.0
+    stop_grace_period: _Seconds = 5.0
+    restart_policy: RestartPolicy = RestartPolicy.ON_FAILURE
+    max_restarts: Annotated[int, Field(ge=0, strict=True)] = 5
+    restart_backoff: _Seconds = 2.0
+    hooks: HooksConfig = HooksConfig()
+
+    def has_check(self) -> bool:
+        """Whether any readiness check applies: health_check, health_url, or port."""
+        return bool(self.health_check or self.health_url or self.port is not None)
+
+    def working_dir(self, root: Path) -> Path:
+        """The task's working directory: cwd resolved against root (the config's folder)."""
+        if self.cwd is None:
+            return root
+        return root / Path(self.cwd).expanduser()
+
+
+class LogsConfig(BaseModel):
+    """Log rotation settings, table [logs]."""
+
+    model_config = _FROZEN
+
+    max_bytes: Annotated[int, Field(ge=1024, strict=True)] = 10 * 1024 * 1024
+    max_files: Annotated[int, Field(ge=1, strict=True)] = 3
+
+
+class BridgeConfig(BaseModel):
+    """WebSocket bridge settings, table [bridge]."""
+
+    model_config = _FROZEN
+
+    allowed_origins: tuple[str, ...] = ()
+
+
+class ProjectConfig(BaseModel):
+    """A loaded, valid taskmux.toml."""
+
+    model_config = _FROZEN
+
+    name: _Name
+    config_path: Path
+    root: Path
+    auto_start: StrictBool = True
+    hooks: HooksConfig = HooksConfig()
+    tasks: dict[str, TaskConfig] = Field(default_factory=dict)
+    logs: LogsConfig = LogsConfig()
+    bridge: BridgeConfig = BridgeConfig()
+
+    def task(self, name: str) -> TaskConfig:
+        """The task called `name`; UnknownTask when there is none."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise UnknownTask(name, self.tasks) from None
+
+    def require(self, names: Iterable[str]) -> list[str]:
+        """`names` without duplicates, in the given order; UnknownTask for the first unknown."""
+        seen: dict[str, None] = {}
+        for name in names:
+            self.task(name)
+            seen[name] = None
+        return list(seen)
+
+    def with_dependencies(self, names: Iterable[str]) -> list[str]:
+        """`names` and everything they transitively depend on, dependencies first."""
+        wanted = set(self.require(names))
+        todo = list(wanted)
+        while todo:
+            for dep in self.tasks[todo.pop()].depends_on:
+                if dep not in wanted:
+                    wanted.add(dep)
+                    todo.append(dep)
+        return self._topo(wanted)
+
+    def dependents(self, name: str) -> list[str]:
+        """Tasks that transitively depend on `name`, dependencies first (reverse it to stop)."""
+        self.task(name)
+        users: dict[str, list[str]] = {n: [] for n in self.tasks}
+        for task in self.tasks.values():
+            for dep in task.depends_on:
+                users[dep].append(task.name)
+        found: set[str] = set()
+        todo = [name]
+        while todo:
+            for user in users[todo.pop()]:
+                if user not in found:
+                    found.add(user)
+                    todo.append(user)
+        found.discard(name)
+        return self._topo(found)
+
+    def topo_order(self) -> list[str]:
+        """All tasks, each after the tasks it depends on; file order breaks ties."""
+        return self._topo(set(self.tasks))
+
+    def _topo(self, subset: set[str]) -> list[str]:
+        index = {name: i for i, name in enumerate(self.tasks)}
+        missing = {n: sum(d in subset for d in set(self.tasks[n].depends_on)) for n in subset}
+        users: dict[str, list[str]] = {n: [] for n in subset}
+        for name in subset:
+            for dep in set(self.tasks[name].depends_on):
+                if dep in subset:
+                    users[dep].append(name)
+        ready = [(index[n], n) for n in subset if missing[n] == 0]
+        heapq.heapify(ready)
+        order: list[str] = []
+        while ready:
+            _, name = heapq.heappop(ready)
+            order.append(name)
+            for user in users[name]:
+                missing[user] -= 1
+                if missing[user] == 0:
+                    heapq.heappush(ready, (index[user], user))
+        return order
+
+
+def discover_config(
+    project: str | Path | None = None,
+    config: str | Path | None = None,
+    cwd: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Path:
+    """Find taskmux.toml: --config, else --project, else $TASKMUX_PROJECT, else walk up from cwd."""
+    base = Path.cwd() if cwd is None else Path(os.path.abspath(cwd.expanduser()))
+    env = os.environ if environ is None else environ
+
+    def place(value: str | Path) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
+
+    def explicit(value: str | Path) -> Path:
+        path = place(value)
+        candidate = path / CONFIG_FILENAME if path.is_dir() else path
+        if not candidate.is_file():
+            raise ProjectNotFound([candidate])
+        return candidate
+
+    if config is not None and str(config):
+        return explicit(config)
+    if project is not None and str(project):
+        path = place(project)
+        if path.is_file():
+            return path
+        if not (path / CONFIG_FILENAME).is_file():
+            raise ProjectNotFound([path])
+        return path / CONFIG_FILENAME
+    if env.get(PROJECT_ENV_VAR):
+        return explicit(env[PROJECT_ENV_VAR])
+    searched: list[Path] = []
+    for folder in (base, *base.parents):
+        searched.append(folder)
+        if (folder / CONFIG_FILENAME).is_file():
+            return folder / CONFIG_FILENAME
+    raise ProjectNotFound(searched)
+
+
+def load_config(path: Path) -> ProjectConfig:
+    """Read and validate the taskmux.toml at `path`; ConfigError lists every problem."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(path, f"cannot read {path}: {reason}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, f"not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path) -> ProjectConfig:
+    """Validate taskmux.toml text that lives at `path`; ConfigError lists every problem."""
+    path = _absolute(path)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [_syntax_problem(str(exc), text)]) from None
+    except RecursionError:
+        raise ConfigError(path, "values are nested too deeply to read") from None
+    return _Validator(path).project(raw)
+
+
+def _absolute(path: Path) -> Path:
+    path = path.expanduser()
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    return path.parent.resolve() / path.name
+
+
+_AT_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_AT_END_RE = re.compile(r"\s*\(at end of document\)\s*$")
+
+
+def _syntax_problem(message: str, text: str) -> ConfigProblem:
+    if match := _AT_RE.search(message):
+        line, column = int(match[1]), int(match[2])
+        message = message[: match.start()]
+    else:
+        lines = text.splitlines() or [""]
+        line, column = len(lines), len(lines[-1]) + 1
+        message = _AT_END_RE.sub(" at the end of the file", message)
+    return ConfigProblem(f"TOML syntax error: {message}", line=line, column=column)
+
+
+class _Invalid(Exception):
+    """A value that does not fit its key; the message says what was expected."""
+
+
+_Check = Callable[[Any], Any]
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, int):
+        return f"{value} (an integer)"
+    if isinstance(value, float):
+        return f"{value} (a number)"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"{json.dumps(shown, ensure_ascii=False)} (a string)"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"{value} (a date/time)"
+
+
+def _quote(name: str) -> str:
+    return f"'{name}'" if name.isprintable() else repr(name)
+
+
+def _expect(what: str, value: object) -> _Invalid:
+    return _Invalid(f"must be {what}, got {_describe(value)}")
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise _expect("a string", value)
+    if not value.strip():
+        raise _Invalid("must not be empty (leave the key out instead)")
+    if "\0" in value:
+        raise _Invalid("must not contain a NUL character")
+    return value
+
+
+def _url(value: object) -> str:
+    url = _text(value)
+    if not re.match(r"https?://[^/\s]+", url):
+        raise _Invalid(f"must be an http:// or https:// URL, got {_describe(url)}")
+    return url
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _expect("true or false", value)
+    return value
+
+
+def _integer(low: int, high: int | None = None) -> _Check:
+    what = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _expect(what, value)
+        if value < low or (high is not None and value > high):
+            raise _expect(what, value)
+        return value
+
+    return check
+
+
+def _number(*, positive: bool) -> _Check:
+    what = "a number of seconds > 0" if positive else "a number of seconds >= 0"
+
+    def check(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _expect(what, value)
+        number = float(value)
+        if not math.isfinite(number) or number < 0 or (positive and number == 0):
+            raise _expect(what, value)
+        return number
+
+    return check
+
+
+def _restart_policy(value: object) -> RestartPolicy:
+    valid = [p.value for p in RestartPolicy]
+    listed = ", ".join(f'"{v}"' for v in valid)
+    if not isinstance(value, str) or value not in valid:
+        hint = ""
+        if isinstance(value, str) and (close := difflib.get_close_matches(value, valid, 1)):
+            hint = f"; did you mean '{close[0]}'?"
+        raise _Invalid(f"must be one of {listed}, got {_describe(value)}{hint}")
+    return RestartPolicy(value)
+
+
+def _string_list(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _expect('an array of strings (like ["a", "b"])', value)
+    return tuple(dict.fromkeys(value))
+
+
+def _env(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _expect('a table of strings (like { NAME = "value" })', value)
+    for key, item in value.items():
+        if not key or "=" in key or "\0" in key:
+            raise _Invalid(f"has an invalid variable name {_quote(key)}")
+        if not isinstance(item, str):
+            raise _Invalid(
+                f'value of {key} must be a string (quote it: {key} = "{item}"), '
+                f"got {_describe(item)}"
+            )
+        if "\0" in item:
+            raise _Invalid(f"value of {key} must not contain a NUL character")
+    return dict(value)
+
+
+_TASK_CHECKS: dict[str, _Check] = {
+    "command": _text,
+    "cwd": _text,
+    "env": _env,
+    "port": _integer(1, 65535),
+    "auto_start": _bool,
+    "depends_on": _string_list,
+    "health_check": _text,
+    "health_url": _url,
+    "health_interval": _number(positive=True),
+    "health_timeout": _number(positive=True),
+    "health_retries": _integer(1),
+    "health_start_period": _number(positive=False),
+    "stop_grace_period": _number(positive=False),
+    "restart_policy": _restart_policy,
+    "max_restarts": _integer(0),
+    "restart_backoff": _number(positive=False),
+}
+_TASK_KEYS = (*_TASK_CHECKS, "hooks")
+_TOP_KEYS = ("name", "auto_start", "hooks", "tasks", "logs", "bridge")
+_LOGS_CHECKS: dict[str, _Check] = {"max_bytes": _integer(1024), "max_files": _integer(1)}
+_BRIDGE_CHECKS: dict[str, _Check] = {"allowed_origins": _string_list}
+_TASK_KEY_ALIASES = {
+    "cmd": "command",
+    "run": "command",
+    "script": "command",
+    "dir": "cwd",
+    "directory": "cwd",
+    "workdir": "cwd",
+    "working_dir": "cwd",
+    "working_directory": "cwd",
+    "environment": "env",
+    "ports": "port",
+    "depends": "depends_on",
+    "dependencies": "depends_on",
+    "requires": "depends_on",
+    "needs": "depends_on",
+    "after": "depends_on",
+    "healthcheck": "health_check",
+    "autostart": "auto_start",
+    "restart": "restart_policy",
+    "autorestart": "restart_policy",
+}
+
+
+def _unknown_key(key: str, valid: Sequence[str], aliases: Mapping[str, str] | None = None) -> str:
+    message = f"unknown key {_quote(key)}"
+    if aliases and key.lower() in aliases:
+        return f"{message}; did you mean '{aliases[key.lower()]}'?"
+    if close := difflib.get_close_matches(key, valid, 1):
+        return f"{message}; did you mean '{close[0]}'?"
+    return f"{message}; valid keys: {', '.join(valid)}"
+
+
+def name_problem(name: str, what: str = "task name") -> str | None:
+    """Why `name` is not a valid task or project name, or None when it is."""
+    if NAME_RE.fullmatch(name):
+        return None
+    if not name:
+        reason = "it is empty"
+    elif len(name) > 64:
+        reason = f"it is {len(name)} characters long"
+    elif bad := sorted({c for c in name if not re.fullmatch(r"[A-Za-z0-9_-]", c)}):
+        shown = ", ".join("' ' (space)" if c == " " else repr(c) for c in bad)
+        reason = f"it contains {shown}"
+    else:
+        reason = f"it starts with {name[0]!r}"
+    return f"invalid {what} {_quote(name)} ({reason}): {NAME_RULE}"
+
+
+def default_project_name(folder: Path) -> str:
+    """A valid project name made from a folder's name."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", folder.name)
+    if not name:
+        return "taskmux"
+    if not name[0].isalnum():
+        name = "p" + name
+    return name[:64]
+
+
+class _Validator:
+    """Checks raw TOML data and builds a ProjectConfig, collecting every problem."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[ConfigProblem] = []
+
+    def problem(self, message: str, task: str | None = None, key: str | None = None) -> None:
+        self.problems.append(ConfigProblem(message, task=task, key=key))
+
+    def fields(
+        self,
+        raw: Mapping[str, Any],
+        checks: Mapping[str, _Check],
+        task: str | None,
+        prefix: str = "",
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for key, check in checks.items():
+            if key in raw:
+                try:
+                    values[key] = check(raw[key])
+                except _Invalid as exc:
+                    self.problem(str(exc), task, prefix + key)
+        return values
+
+    def unknown_keys(
+        self,
+        raw: Mapping[str, Any],
+        valid: Sequence[str],
+        task: str | None,
+        prefix: str = "",
+        hint: Callable[[str], str | None] | None = None,
+    ) -> None:
+        for key in raw:
+            if key not in valid:
+                special = hint(key) if hint else None
+                message = special or _unknown_key(key, valid, _TASK_KEY_ALIASES if task else None)
+                self.problem(message, task, prefix + key)
+
+    def table(self, raw: Mapping[str, Any], key: str, task: str | None, what: str) -> Any:
+        value = raw.get(key, {})
+        if not isinstance(value, dict):
+            self.problem(f"must be a table ({what}), got {_describe(value)}", task, key)
+            return {}
+        return value
+
+    def hooks(self, raw: Mapping[str, Any], task: str | None) -> HooksConfig:
+        table = self.table(raw, "hooks", task, "keys " + ", ".join(HOOK_NAMES))
+        self.unknown_keys(table, HOOK_NAMES, task, "hooks.")
+        values = self.fields(table, dict.fromkeys(HOOK_NAMES, _text), task, "hooks.")
+        return HooksConfig(**values)
+
+    def project(self, raw: dict[str, Any]) -> ProjectConfig:
+        def top_hint(key: str) -> str | None:
+            if key in HOOK_NAMES:
+                return f"unknown key '{key}'; project hooks go in the [hooks] table"
+            if key in _TASK_KEYS:
+                return f"unknown key '{key}'; task settings go in a [tasks.NAME] table"
+            return None
+
+        self.unknown_keys(raw, _TOP_KEYS, None, hint=top_hint)
+        name = default_project_name(self.path.parent)
+        if "name" in raw:
+            try:
+                name = _text(raw["name"])
+            except _Invalid as exc:
+                self.problem(str(exc), key="name")
+            else:
+                if why := name_problem(name, "project name"):
+                    self.problem(why, key="name")
+        auto_start = self.fields(raw, {"auto_start": _bool}, None).get("auto_start", True)
+        hooks = self.hooks(raw, None)
+        logs_raw = self.table(raw, "logs", None, "keys " + ", ".join(_LOGS_CHECKS))
+        self.unknown_keys(logs_raw, list(_LOGS_CHECKS), None, "logs.")
+        logs = LogsConfig(**self.fields(logs_raw, _LOGS_CHECKS, None, "logs."))
+        bridge_raw = self.table(raw, "bridge", None, "keys " + ", ".join(_BRIDGE_CHECKS))
+        self.unknown_keys(bridge_raw, list(_BRIDGE_CHECKS), None, "bridge.")
+        bridge = BridgeConfig(**self.fields(bridge_raw, _BRIDGE_CHECKS, None, "bridge."))
+
+        tasks_raw = raw.get("tasks", {})
+        if not isinstance(tasks_raw, dict):
+            self.problem(
+                f"must be a table of tasks ([tasks.NAME] sections), got {_describe(tasks_raw)}",
+                key="tasks",
+            )
+            tasks_raw = {}
+        tasks: dict[str, TaskConfig] = {}
+        deps: dict[str, tuple[str, ...]] = {}
+        for task_name, body in tasks_raw.items():
+            task = self.task(task_name, body, auto_start, deps)
+            if task is not None:
+                tasks[task_name] = task
+        self.graph(deps)
+        if self.problems:
+            raise ConfigError(self.path, self.problems)
+        try:
+            return ProjectConfig(
+                name=name,
+                config_path=self.path,
+                root=self.path.parent,
+                auto_start=auto_start,
+                hooks=hooks,
+                tasks=tasks,
+                logs=logs,
+                bridge=bridge,
+            )
+        except ValidationError as exc:
+            raise ConfigError(self.path, _pydantic_problems(exc, None)) from None
+
+    def task(
+        self, name: str, body: object, auto_start: bool, deps: dict[str, tuple[str, ...]]
+    ) -> TaskConfig | None:
+        if why := name_problem(name):
+            self.problem(why, name)
+        if isinstance(body, str):
+            body = {"command": body}
+        if not isinstance(body, dict):
+            self.problem(
+                "must be a table of settings or a command string, got " + _describe(body), name
+            )
+            return None
+        before = len(self.problems)
+
+        def task_hint(key: str) -> str | None:
+            if key in HOOK_NAMES:
+                return (
+                    f"unknown key '{key}'; did you mean 'hooks.{key}'? (table [tasks.{name}.hooks])"
+                )
+            return None
+
+        self.unknown_keys(body, _TASK_KEYS, name, hint=task_hint)
+        if "command" not in body:
+            self.problem("missing required key 'command' (the shell command to run)", name)
+        values = self.fields(body, _TASK_CHECKS, name)
+        hooks = self.hooks(body, name)
+        values.setdefault("auto_start", auto_start)
+        deps[name] = values.get("depends_on", ())
+        if len(self.problems) > before or not NAME_RE.fullmatch(name):
+            return None
+        try:
+            return TaskConfig(name=name, hooks=hooks, **values)
+        except ValidationError as exc:
+            self.problems.extend(_pydantic_problems(exc, name))
+            return None
+
+    def graph(self, deps: Mapping[str, tuple[str, ...]]) -> None:
+        known = list(deps)
+        edges: dict[str, list[str]] = {}
+        for name, targets in deps.items():
+            edges[name] = []
+            for dep in targets:
+                if dep == name:
+                    self.problem("depends on itself", name, "depends_on")
+                elif dep not in deps:
+                    close = difflib.get_close_matches(dep, known, 1)
+                    hint = f"; did you mean '{close[0]}'?" if close else ""
+                    self.problem(f"depends on unknown task {_quote(dep)}{hint}", name, "depends_on")
+                else:
+                    edges[name].append(dep)
+        for cycle in _cycles(edges):
+            self.problem("dependency cycle: " + " -> ".join(cycle), cycle[0], "depends_on")
+
+
+def _cycles(edges: Mapping[str, list[str]]) -> list[list[str]]:
+    """One cycle per back edge of a depth-first walk, each spelled from its first-walked task."""
+    state: dict[str, int] = {}
+    found: list[list[str]] = []
+    seen: set[frozenset[tuple[str, str]]] = set()
+    for start in edges:
+        if start in state:
+            continue
+        path: list[str] = [start]
+        position = {start: 0}
+        stack = [iter(edges[start])]
+        state[start] = 1
+        while stack:
+            dep = next(stack[-1], None)
+            if dep is None:
+                done = path.pop()
+                state[done] = 2
+                del position[done]
+                stack.pop()
+            elif state.get(dep) == 1:
+                cycle = [*path[position[dep] :], dep]
+                key = frozenset(itertools.pairwise(cycle))
+                if key not in seen:
+                    seen.add(key)
+                    found.append(cycle)
+            elif dep not in state:
+                state[dep] = 1
+                position[dep] = len(path)
+                path.append(dep)
+                stack.append(iter(edges[dep]))
+    return found
+
+
+def _pydantic_problems(exc: ValidationError, task: str | None) -> list[ConfigProblem]:
+    return [
+        ConfigProblem(err["msg"], task=task, key=".".join(str(p) for p in err["loc"]) or None)
+        for err in exc.errors()
+    ]
+
+
+_SHELL_WORDS_TEXT = """! . : [ [[ { } ( ) alias bg break builtin case cd command continue declare
+do done echo elif else esac eval exit export false fg fi for function getopts hash if in jobs
+kill let local printf pwd read readonly return select set shift source test then time times
+trap true type typeset ulimit umask unalias unset until wait while"""
+_SHELL_WORDS = frozenset(_SHELL_WORDS_TEXT.split())
+_ASSIGNMENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def runtime_problems(cfg: ProjectConfig) -> list[ConfigProblem]:
+    """What `taskmux check` reports beyond validation: missing cwds, commands not found."""
+    problems: list[ConfigProblem] = []
+    for task in cfg.tasks.values():
+        folder = task.working_dir(cfg.root)
+        if not folder.exists():
+            problems.append(
+                ConfigProblem(f"directory {folder} does not exist", task=task.name, key="cwd")
+            )
+        elif not folder.is_dir():
+            problems.append(
+                ConfigProblem(f"{folder} is not a directory", task=task.name, key="cwd")
+            )
+        for key in ("command", "health_check"):
+            command: str | None = getattr(task, key)
+            if command and (why := _missing_executable(command, folder, task.env)):
+                problems.append(ConfigProblem(why, task=task.name, key=key))
+    return problems
+
+
+def _missing_executable(command: str, folder: Path, env: Mapping[str, str]) -> str | None:
+    try:
+        lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        words = list(lexer)
+    except ValueError:
+        return None
+    path_env = env.get("PATH", os.environ.get("PATH", os.defpath))
+    while words and _ASSIGNMENT_RE.match(words[0]):
+        if words.pop(0).startswith("PATH="):
+            return None
+    if words and words[0] == "exec":
+        words.pop(0)
+    if not words:
+        return None
+    program = words[0]
+    if program in _SHELL_WORDS or program.startswith("-") or any(c in program for c in "$`*?"):
+        return None
+    if set(program) <= set("|&;<>()"):
+        return None
+    if "/" in program:
+        target = folder / Path(program).expanduser()
+        if not target.is_absolute() and not folder.is_dir():
+            return None
+        if not target.exists():
+            return f"'{program}' not found (looked for {target})"
+        if not target.is_file() or not os.access(target, os.X_OK):
+            return f"'{program}' is not an executable file ({target})"
+        return None
+    if "$" in path_env:
+        return None
+    entries = [str(folder / entry) if entry else str(folder) for entry in path_env.split(":")]
+    if shutil.which(program, path=os.pathsep.join(entries)) is None:
+        return f"'{program}' not found on PATH"
+    return None
+
+
+def add_task(
+    path: Path,
+    name: str,
+    command: str,
+    *,
+    cwd: str | None = None,
+    port: int | None = None,
+    depends_on: Sequence[str] = (),
+    health_check: str | None = None,
+    health_url: str | None = None,
+) -> ProjectConfig:
+    """Add task `name` to the taskmux.toml at `path`, keeping its comments and layout."""
+    text, bom = _read_for_edit(path)
+    current = parse_config(text, path)
+    if why := name_problem(name):
+        raise ConfigError(path, [ConfigProblem(why, task=name)])
+    if name in current.tasks:
+        raise ConfigError(path, [ConfigProblem(f"task '{name}' already exists", task=name)])
+    fields: dict[str, object] = {
+        "command": command,
+        "cwd": cwd,
+        "port": port,
+        "depends_on": list(depends_on) or None,
+        "health_check": health_check,
+        "health_url": health_url,
+    }
+    table = _toml_table(fields)
+    doc = tomlkit.parse(text)
+    tasks = doc.get("tasks")
+    if tasks is None:
+        holder = tomlkit.table(is_super_table=True)
+        holder.add(name, table)
+        doc.add("tasks", holder)
+    elif isinstance(tasks, tomlkit.items.InlineTable):
+        tasks[name] = _toml_inline(table)
+    else:
+        tasks[name] = table
+    edited = tomlkit.dumps(doc)
+    block = tomlkit.document()
+    holder = tomlkit.table(is_super_table=True)
+    holder.add(name, _toml_table(fields))
+    block.add("tasks", holder)
+    result = _place_insertion(text, edited, tomlkit.dumps(block))
+    return _commit(path, result, edited, bom)
+
+
+def remove_task(path: Path, name: str) -> ProjectConfig:
+    """Remove task `name` from the taskmux.toml at `path`; refused while others depend on it."""
+    text, bom = _read_for_edit(path)
+    current = parse_config(text, path)
+    if name not in current.tasks:
+        close = difflib.get_close_matches(name, list(current.tasks), 1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(path, [ConfigProblem(f"no task '{name}' to remove{hint}", task=name)])
+    users = [t.name for t in current.tasks.values() if name in t.depends_on]
+    if users:
+        listed = ", ".join(f"'{u}'" for u in users)
+        message = (
+            f"cannot remove task '{name}': {listed} depend{'s' if len(users) == 1 else ''} "
+            "on it; remove it from their depends_on first"
+        )
+        raise ConfigError(path, [ConfigProblem(message, task=name, key="depends_on")])
+    doc = tomlkit.parse(text)
+    del doc["tasks"][name]
+    edited = tomlkit.dumps(doc)
+    return _commit(path, _place_removal(text, edited), edited, bom)
+
+
+def _read_for_edit(path: Path) -> tuple[str, bool]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, f"not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    bom = text.startswith("\ufeff")
+    return (text[1:] if bom else text), bom
+
+
+def _commit(path: Path, preferred: str | None, fallback: str, bom: bool) -> ProjectConfig:
+    """Validate the edited text and write it atomically; `preferred` if it means the same."""
+    text = fallback
+    if preferred is not None and preferred != fallback:
+        try:
+            if tomllib.loads(preferred) == tomllib.loads(fallback):
+                text = preferred
+        except tomllib.TOMLDecodeError:
+            pass
+    result = parse_config(text, path)
+    try:
+        _write_atomic(path, ("\ufeff" if bom else "") + text)
+    except OSError as exc:
+        raise ConfigError(path, f"cannot write {path}: {exc.strerror or exc}") from None
+    return result
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    target = path.resolve()
+    mode = target.stat().st_mode & 0o7777
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _toml_value(value: object) -> Any:
+    if isinstance(value, Mapping):
+        inline = tomlkit.inline_table()
+        for key, item in value.items():
+            inline[str(key)] = _toml_value(item)
+        return inline
+    if isinstance(value, list | tuple):
+        return [_toml_value(v) for v in value]
+    if isinstance(value, str | Path):
+        return str(value)
+    return value
+
+
+def _toml_table(fields: Mapping[str, object]) -> tomlkit.items.Table:
+    table = tomlkit.table()
+    for key, value in fields.items():
+        if value is not None:
+            table.add(key, _toml_value(value))
+    return table
+
+
+def _toml_inline(table: tomlkit.items.Table) -> tomlkit.items.InlineTable:
+    inline = tomlkit.inline_table()
+    inline.update(table.unwrap())
+    return inline
+
+
+def _lines(text: str) -> tuple[list[str], bool]:
+    if not text:
+        return [], False
+    lines = text.split("\n")
+    ends = text.endswith("\n")
+    return (lines[:-1] if ends else lines), ends
+
+
+def _join(lines: list[str], final_newline: bool) -> str:
+    return "\n".join(lines) + ("\n" if final_newline and lines else "")
+
+
+def _blank(line: str) -> bool:
+    return not line.strip()
+
+
+def _comment(line: str) -> bool:
+    return line.lstrip().startswith("#")
+
+
+def _header(line: str) -> bool:
+    return line.lstrip().startswith("[")
+
+
+def _place_removal(original: str, edited: str) -> str | None:
+    """The original text minus what tomlkit removed, comments kept with what they describe."""
+    # tomlkit files the comments above a header under the table before it: a removed task
+    # must take its own leading comments and leave the next table's. None: not a pure cut.
+    old, ends = _lines(original)
+    new, _ = _lines(edited)
+    start = 0
+    while start < min(len(old), len(new)) and old[start] == new[start]:
+        start += 1
+    tail = 0
+    while tail < min(len(old), len(new)) - start and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    end = len(old) - tail
+    if old[:start] + old[end:] != new or start >= end:
+        return None
+    while start > 0 and _comment(old[start - 1]):
+        start -= 1
+    last = end
+    while last > start and _blank(old[last - 1]):
+        last -= 1
+    first = last
+    while first > start and _comment(old[first - 1]):
+        first -= 1
+    attached_below = last == end and end < len(old) and _header(old[end])
+    if first < last and (attached_below or (first > start and _blank(old[first - 1]))):
+        end = first
+    before, after = old[:start], old[end:]
+    if before and _blank(before[-1]) and (not after or _blank(after[0])):
+        before.pop()
+    if not before:
+        while after and _blank(after[0]):
+            after.pop(0)
+    return _join(before + after, ends)
+
+
+def _place_insertion(original: str, edited: str, block: str) -> str | None:
+    """The original text with `block` inserted where tomlkit put its table, comments respected."""
+    # Comments glued to the content before the spot stay with it; comments glued to the next
+    # header stay with that header. None: tomlkit did more than insert lines.
+    old, ends = _lines(original)
+    new, _ = _lines(edited)
+    start = 0
+    while start < min(len(old), len(new)) and old[start] == new[start]:
+        start += 1
+    tail = 0
+    while tail < min(len(old), len(new)) - start and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    if new[:start] + new[len(new) - tail :] != old:
+        return None
+    crlf = "\r\n" in original
+    added, _ = _lines(block)
+    added = [line + "\r" if crlf else line for line in added]
+    content = start
+    while content > 0 and (_blank(old[content - 1]) or _comment(old[content - 1])):
+        content -= 1
+    gap = old[content:start]
+    at = content
+    if not (gap and all(_comment(g) for g in gap) and start < len(old) and _header(old[start])):
+        while at < start and _comment(old[at]):
+            at += 1
+    blank = "\r" if crlf else ""
+    lines = ([blank] if at > 0 else []) + added
+    if at < len(old) and not _blank(old[at]):
+        lines.append(blank)
+    return _join(old[:at] + lines + old[at:], ends or at == len(old))
+
+
+_INIT_HEADER = """\
+taskmux.toml: this project's dev tasks, each run in its own tmux window by taskmux.
+Each [tasks.NAME] needs a `command`. Optional: cwd, env, port, depends_on, auto_start,
+health_check (shell, exit 0 = healthy), health_url, restart_policy ("no", "on-failure",
+"always"), and [hooks] before_start / after_start / before_stop / after_stop.
+Edit by hand or with `taskmux add` / `taskmux remove`; validate with `taskmux check`."""
+
+_INIT_EXAMPLE = """\
+[tasks.web]
+command = "npm run dev"
+port = 3000"""
+
+
+def render_new_config(name: str, tasks: Mapping[str, Mapping[str, object]]) -> str:
+    """The text of a fresh taskmux.toml for `taskmux init`, validated."""
+    doc = tomlkit.document()
+    for line in _INIT_HEADER.splitlines():
+        doc.add(tomlkit.comment(line))
+    doc.add(tomlkit.nl())
+    name_item = tomlkit.item(name)
+    name_item.comment("the tmux session name")
+    doc.add("name", name_item)
+    if tasks:
+        holder = tomlkit.table(is_super_table=True)
+        for task_name, fields in tasks.items():
+            try:
+                holder.add(task_name, _toml_table(fields))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(None, [ConfigProblem(str(exc), task=task_name)]) from None
+        doc.add("tasks", holder)
+    else:
+        doc.add(tomlkit.nl())
+        doc.add(tomlkit.comment("Add tasks like this one:"))
+        for line in _INIT_EXAMPLE.splitlines():
+            doc.add(tomlkit.comment(line))
+    text = tomlkit.dumps(doc)
+    try:
+        parse_config(text, Path.cwd() / CONFIG_FILENAME)
+    except ConfigError as exc:
+        raise ConfigError(None, exc.problems) from None
+    return text

@@ -1,0 +1,107 @@
+"""The exception tree every layer raises and every face translates.
+
+TaskmuxError
+├── ConfigError            taskmux.toml is missing, unreadable or invalid (carries every problem)
+│   └── ProjectNotFound    no taskmux.toml where we looked
+├── UnknownTask            a task name the config does not define (carries the known ones)
+├── InvalidArgument        a bad request: regex, `since`, limits, names
+├── TmuxError              tmux is missing, too old, or refused a command
+├── ProjectClash           the tmux session belongs to another checkout
+└── HookFailed             a before_* hook failed, aborting its action
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class TaskmuxError(Exception):
+    """Base of every error taskmux reports to a user or an agent."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem found in a config file, located as precisely as known."""
+
+    message: str
+    task: str | None = None
+    key: str | None = None
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.line is not None:
+            where.append(f"line {self.line}" + (f", column {self.column}" if self.column else ""))
+        if self.task is not None:
+            where.append(f"task '{self.task}'")
+        if self.key is not None:
+            where.append(f"key '{self.key}'")
+        prefix = f"{'; '.join(where)}: " if where else ""
+        return f"{prefix}{self.message}"
+
+
+class ConfigError(TaskmuxError):
+    """taskmux.toml cannot be used; lists every problem found."""
+
+    def __init__(self, path: Path | None, problems: Sequence[ConfigProblem] | str) -> None:
+        if isinstance(problems, str):
+            problems = [ConfigProblem(problems)]
+        self.path = path
+        self.problems: tuple[ConfigProblem, ...] = tuple(problems)
+        head = f"invalid config {path}" if path else "invalid config"
+        lines = [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join([f"{head} ({len(self.problems)} problem(s)):", *lines]))
+
+
+class ProjectNotFound(ConfigError):
+    """No taskmux.toml was found."""
+
+    def __init__(self, searched: Iterable[Path]) -> None:
+        self.searched = tuple(searched)
+        places = ", ".join(str(p) for p in self.searched) or "(nowhere)"
+        TaskmuxError.__init__(
+            self,
+            f"no taskmux.toml found (looked in: {places}); create one with `taskmux init`, "
+            "or pass --project DIR / set TASKMUX_PROJECT",
+        )
+        self.path = None
+        self.problems = (ConfigProblem(str(self)),)
+
+
+class UnknownTask(TaskmuxError):
+    """A task name that the config does not define."""
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        self.name = name
+        self.known = tuple(known)
+        listed = ", ".join(self.known) if self.known else "(none defined)"
+        super().__init__(f"unknown task '{name}'; known tasks: {listed}")
+
+
+class InvalidArgument(TaskmuxError):
+    """A request argument that cannot be honoured (bad regex, bad `since`, bad limit)."""
+
+
+class TmuxError(TaskmuxError):
+    """tmux is unavailable or refused a command."""
+
+
+class ProjectClash(TaskmuxError):
+    """The project's tmux session is owned by another checkout."""
+
+
+class HookFailed(TaskmuxError):
+    """A before_* hook failed; the action it guarded was not done."""
+
+    def __init__(self, hook: str, task: str | None, status: int | None, output: str) -> None:
+        self.hook = hook
+        self.task = task
+        self.status = status
+        self.output = output
+        who = f"task '{task}'" if task else "project"
+        how = "timed out" if status is None else f"exited {status}"
+        tail = f": {output.strip()}" if output.strip() else ""
+        super().__init__(f"{hook} hook of {who} {how}{tail}")

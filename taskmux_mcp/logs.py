@@ -1,0 +1,936 @@
+"""Task log files: the pipe that writes them, and reading them back (tail, since, grep, follow).
+
+Files and their format are described in logwriter.py. Readers never load whole files: tail
+reads backwards from the end, grep streams forwards in blocks and only cleans the lines a
+cheap byte-level prefilter cannot rule out. Text given to readers is cleaned: ANSI escape
+sequences removed and carriage-return / backspace redraws resolved as a terminal shows them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from heapq import merge
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import InvalidArgument
+from .logwriter import MARKER_TAG, OUTPUT_SEP, TS_LEN
+from .models import GrepMatch, GrepResult, LogLine, LogsResult
+
+MAX_LINES = 5000
+MAX_CONTEXT = 50
+MAX_MATCHES = 10_000
+WRITERS = ("perl", "python")
+
+_TAIL_BLOCK = 64 * 1024
+_COUNT_BLOCK = 1024 * 1024
+_COUNT_BUDGET = 4 * 1024 * 1024  # bytes scanned past the tail to count omitted lines exactly
+_GREP_BLOCK = 4 * 1024 * 1024
+_PARTIAL_SETTLE = 0.5  # follow: a line without newline is shown once unchanged this long
+
+_OUTPUT, _MARKER, _RAW = 0, 1, 2
+_Z, _T, _NL = ord("Z"), ord("T"), ord("\n")
+_MARKER_RE = re.compile(rb"run=(\S*) pid=(\S*)")
+_ESC = re.compile(
+    rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b\n]*(?:\x07|\x1b\\)?"
+    rb"|[PX^_][^\x1b\n]*(?:\x1b\\)?|[ -/]*[0-~])?"
+)
+_TOKENS = re.compile(
+    r"\x1b\[([0-?]*)[ -/]*([@-~])|\x1b(?:\][^\x07\x1b\n]*(?:\x07|\x1b\\)?"
+    r"|[PX^_][^\x1b\n]*(?:\x1b\\)?|[ -/]*[0-~])?|\r|\x08|[^\x1b\r\x08]+"
+)
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?\s*[smhd]\s*)+", re.IGNORECASE)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_ICASE_UNSAFE = frozenset("iksIKS")  # ASCII letters with non-ASCII case-insensitive twins
+_SINCE_FORMS = (
+    "'start' (since the task's last start), a duration such as 30s, 5m, 2h, 1d or 1h30m, "
+    "or an ISO 8601 time such as 2026-11-26T14:05:00 (local) or 2026-11-26T13:05:00Z"
+)
+
+Since = datetime | Literal["start"] | None
+
+
+def parse_since(value: str, now: datetime) -> datetime | Literal["start"]:
+    """Parse a `since` argument: "start", a duration back from `now`, or an ISO 8601 time."""
+    text = value.strip()
+    if text.lower() == "start":
+        return "start"
+    if now.tzinfo is None:
+        now = now.astimezone()
+    if _DURATION.fullmatch(text):
+        seconds = sum(
+            float(n) * _UNIT_SECONDS[unit.lower()] for n, unit in _DURATION_PART.findall(text)
+        )
+        return now - timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgument(f"invalid since {value!r}: use {_SINCE_FORMS}") from None
+    return moment.astimezone() if moment.tzinfo is None else moment
+
+
+def clean_text(raw: bytes) -> str:
+    """Plain text of one raw output line: escapes removed, \\r and \\b redraws resolved."""
+    if b"\r" in raw or b"\x08" in raw:
+        return _redraw(raw.decode("utf-8", "replace"))
+    if b"\x1b" in raw:
+        raw = _ESC.sub(b"", raw)
+    return raw.decode("utf-8", "replace")
+
+
+def _redraw(text: str) -> str:
+    """What a terminal shows for one line written with \\r, \\b and cursor/erase sequences."""
+    cells: list[str] = []
+    col = 0
+    for m in _TOKENS.finditer(text):
+        token = m.group()
+        first = token[0]
+        if first == "\r":
+            col = 0
+        elif first == "\x08":
+            col = max(0, col - 1)
+        elif first == "\x1b":
+            final = m.group(2)
+            param = m.group(1) or ""
+            n = min(int(param[:9]), len(text)) if param.isdigit() else 0  # clamp to the line
+            if final == "K":
+                if n == 0:
+                    del cells[col:]
+                elif n == 1:
+                    cells[: col + 1] = " " * min(col + 1, len(cells))
+                else:
+                    cells.clear()
+            elif final in ("G", "`"):
+                col = max(0, n - 1)
+            elif final == "C":
+                col = min(col + max(1, n), len(text))
+            elif final == "D":
+                col = max(0, col - max(1, n))
+        else:
+            if col > len(cells):
+                cells.extend(" " * (col - len(cells)))
+            cells[col : col + len(token)] = token
+            col += len(token)
+    return "".join(cells)
+
+
+def _split(line: bytes) -> tuple[int, bytes, bytes]:
+    """(kind, timestamp key, body) of one stored record."""
+    if len(line) > TS_LEN and line[26] == _Z and line[10] == _T:
+        sep = line[TS_LEN : TS_LEN + 1]
+        if sep == OUTPUT_SEP:
+            return _OUTPUT, line[:TS_LEN], line[TS_LEN + 1 :]
+        if line.startswith(MARKER_TAG, TS_LEN):
+            return _MARKER, line[:TS_LEN], line[TS_LEN + len(MARKER_TAG) :]
+    return _RAW, b"", line
+
+
+def _is_marker_at(buf: bytes | bytearray, start: int) -> bool:
+    """Whether a marker record starts at `start` (which must be a line start)."""
+    return (
+        buf[start + 26 : start + 27] == b"Z"
+        and buf[start + 10 : start + 11] == b"T"
+        and buf.startswith(MARKER_TAG, start + TS_LEN)
+    )
+
+
+def _is_key(key: bytes) -> bool:
+    return len(key) == TS_LEN and key[26] == _Z and key[10] == _T
+
+
+def _last_key(fd: int, size: int) -> bytes | None:
+    """Timestamp of the last record of a file, if it is a proper record."""
+    block = next(_blocks_back(fd, size, 4096), (0, b""))[1].rstrip(b"\n")
+    key = block[block.rfind(b"\n") + 1 :][:TS_LEN]
+    return key if _is_key(key) else None
+
+
+def _key(moment: datetime) -> bytes:
+    """The stored timestamp form of a time, comparable bytewise with record keys."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+
+
+def _time(key: bytes) -> datetime | None:
+    if not key:
+        return None
+    try:
+        return datetime.fromisoformat(key.decode())
+    except ValueError:
+        return None
+
+
+def _marker_text(body: bytes) -> str:
+    m = _MARKER_RE.search(body)
+    run, pid = (
+        (m.group(1).decode(errors="replace"), m.group(2).decode(errors="replace"))
+        if m
+        else ("?", "?")
+    )
+    return f"--- taskmux: run {run} started (pid {pid}) ---"
+
+
+def _log_line(task: str, kind: int, key: bytes, body: bytes) -> LogLine:
+    text = _marker_text(body) if kind == _MARKER else clean_text(body)
+    return LogLine(task=task, time=_time(key), text=text)
+
+
+@functools.cache
+def _perl() -> str | None:
+    """Absolute path of a perl that has Time::HiRes, if any."""
+    perl = shutil.which("perl")
+    if perl is None:
+        return None
+    try:
+        subprocess.run(
+            [perl, "-MTime::HiRes", "-e", "1"], check=True, capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return os.path.abspath(perl)
+
+
+def writer_argv(kind: str | None = None) -> list[str]:
+    """The interpreter and script of the log writer: perl if usable (lighter), else Python."""
+    here = Path(__file__).resolve().parent
+    if kind not in (None, *WRITERS):
+        raise InvalidArgument(f"unknown log writer {kind!r}; use one of {', '.join(WRITERS)}")
+    perl = _perl() if kind in (None, "perl") else None
+    if perl is not None:
+        return [perl, str(here / "logwriter.pl")]
+    if kind == "perl":
+        raise InvalidArgument("the perl log writer needs perl with Time::HiRes on PATH")
+    # The base interpreter outlives a deleted venv; the writer needs only the stdlib.
+    python = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    return [python, "-I", "-S", str(here / "logwriter.py")]
+
+
+class _Files:
+    """Read handles on a task's log files, oldest first, each with its size when opened."""
+
+    def __init__(self, base: Path) -> None:
+        self.fds: list[int] = []
+        self.sizes: list[int] = []
+        rotated: list[tuple[int, Path]] = []
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(base.parent):
+                suffix = entry.name[len(base.name) + 1 :]
+                if entry.name.startswith(base.name + ".") and suffix.isascii() and suffix.isdigit():
+                    rotated.append((int(suffix), Path(entry.path)))
+        seen: set[tuple[int, int]] = set()
+        # Newest first, so a file moved by a rotation while opening is met twice (and skipped).
+        for path in [base, *(p for _, p in sorted(rotated))]:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in seen:
+                os.close(fd)
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            self.fds.insert(0, fd)
+            self.sizes.insert(0, st.st_size)
+
+    def __enter__(self) -> _Files:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+def _blocks_back(fd: int, end: int, size: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, whole lines) blocks from `end` back to the start of the file, newest first."""
+    pos = end
+    carry: deque[bytes] = deque()
+    while pos > 0:
+        n = min(size, pos)
+        pos -= n
+        data = os.pread(fd, n, pos)
+        if len(data) < n:  # the file shrank under us
+            data = data.ljust(n, b"\n")
+        if pos == 0:
+            carry.appendleft(data)
+            break
+        nl = data.find(b"\n")
+        if nl < 0:
+            carry.appendleft(data)
+            continue
+        carry.appendleft(data[nl + 1 :])
+        block = b"".join(carry)
+        carry.clear()
+        carry.append(data[: nl + 1])
+        if block:
+            yield pos + nl + 1, block
+    block = b"".join(carry)
+    if block:
+        yield 0, block
+
+
+def lines_backward(path: Path) -> Iterator[bytes]:
+    """The lines of a file, newest first, read backwards in blocks (nothing if it is missing)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        for _, block in _blocks_back(fd, os.fstat(fd).st_size, _TAIL_BLOCK):
+            yield from reversed(block.rstrip(b"\n").split(b"\n"))
+    finally:
+        os.close(fd)
+
+
+def _blocks_forward(fd: int, start: int, end: int, size: int) -> Iterator[tuple[bytearray, int]]:
+    """(buffer, length) of whole-line blocks from `start` to `end`; the buffer is reused."""
+    buf = bytearray(size)
+    have, pos = 0, start
+    while pos < end:
+        want = min(len(buf) - have, end - pos)
+        if want == 0:
+            buf.extend(bytes(len(buf)))  # a line longer than the buffer
+            continue
+        with memoryview(buf) as view:
+            n = os.preadv(fd, [view[have : have + want]], pos)
+        if n <= 0:
+            break
+        pos += n
+        have += n
+        if pos >= end:
+            break
+        nl = buf.rfind(b"\n", 0, have)
+        if nl < 0:
+            continue
+        yield buf, nl + 1
+        rest = have - nl - 1
+        buf[0:rest] = buf[nl + 1 : have]
+        have = rest
+    if have:
+        yield buf, have
+
+
+def _last_marker(files: _Files) -> tuple[int, int] | None:
+    """(file index, offset just after) of the newest start marker."""
+    for fi in range(len(files.fds) - 1, -1, -1):
+        for start, block in _blocks_back(files.fds[fi], files.sizes[fi], _COUNT_BLOCK):
+            p = len(block)
+            while (p := block.rfind(MARKER_TAG, 0, p)) >= 0:
+                ls = p - TS_LEN
+                if ls >= 0 and (ls == 0 or block[ls - 1] == _NL) and _is_marker_at(block, ls):
+                    nl = block.find(b"\n", p)
+                    return fi, start + (len(block) if nl < 0 else nl + 1)
+    return None
+
+
+def _count_back(
+    files: _Files, fi: int, end: int, since: Since, since_key: bytes | None
+) -> tuple[int, bool]:
+    """Lines before offset `end` of file `fi` that `since` admits: (count, exact)."""
+    count = scanned = 0
+    for i in range(fi, -1, -1):
+        stop = end if i == fi else files.sizes[i]
+        for _, block in _blocks_back(files.fds[i], stop, _COUNT_BLOCK):
+            if scanned >= _COUNT_BUDGET:
+                return count, False
+            scanned += len(block)
+            if since == "start":
+                p = len(block)
+                while (p := block.rfind(MARKER_TAG, 0, p)) >= 0:
+                    ls = p - TS_LEN
+                    if ls >= 0 and (ls == 0 or block[ls - 1] == _NL) and _is_marker_at(block, ls):
+                        nl = block.find(b"\n", p)
+                        return count + (block.count(b"\n", nl + 1) if nl >= 0 else 0), True
+            elif since_key is not None and block[:TS_LEN] < since_key:
+                lines = block.split(b"\n")
+                if lines and not lines[-1]:
+                    lines.pop()
+                return count + sum(1 for ln in lines if ln[:TS_LEN] >= since_key), True
+            count += block.count(b"\n")
+    return count, True
+
+
+@dataclass
+class _Match:
+    task: str
+    key: bytes
+    line: str
+    before: list[str]
+    after: list[str] = field(default_factory=list)
+
+    def model(self) -> GrepMatch:
+        return GrepMatch(
+            task=self.task,
+            time=_time(self.key),
+            line=self.line,
+            before=self.before,
+            after=self.after,
+        )
+
+
+class _Block:
+    """One block of whole lines, with the escape-stripped view the prefilter searches."""
+
+    def __init__(self, raw: bytearray, length: int) -> None:
+        self.raw = raw
+        self.length = length
+        self.esc = raw.find(b"\x1b", 0, length) >= 0
+        self.s: bytes | bytearray = _ESC.sub(b"", memoryview(raw)[:length]) if self.esc else raw
+        self.end = len(self.s) if self.esc else length
+        self._raw_lines: dict[int, tuple[int, int]] | None = None
+        self._cursor = (0, 0)
+
+    def line_end(self, ls: int) -> int:
+        e = self.s.find(b"\n", ls, self.end)
+        return self.end if e < 0 else e
+
+    def prev_start(self, ls: int) -> int:
+        return self.s.rfind(b"\n", 0, ls - 1) + 1
+
+    def last_start(self) -> int:
+        end = self.end - 1 if self.s[self.end - 1] == _NL else self.end
+        return self.s.rfind(b"\n", 0, end) + 1
+
+    def record(self, ls: int, le: int) -> tuple[int, bytes, str | None]:
+        """(kind, key, cleaned text or None for a marker) of the line at [ls, le)."""
+        kind, key, body = _split(bytes(self.s[ls:le]))
+        if kind == _MARKER:
+            return kind, key, None
+        if self.esc and (b"\r" in body or b"\x08" in body):
+            kind, key, body = _split(self._raw_line(ls))  # redraws need the erase sequences
+        return kind, key, clean_text(body)
+
+    def _raw_line(self, ls: int) -> bytes:
+        pos, lineno = self._cursor if ls >= self._cursor[0] else (0, 0)
+        lineno += self.s.count(b"\n", pos, ls)
+        self._cursor = (ls, lineno)
+        if self._raw_lines is None:
+            self._raw_lines = {}
+            starts = set()
+            for ch in (b"\r", b"\x08"):
+                p = self.raw.find(ch, 0, self.length)
+                while p >= 0:
+                    starts.add(self.raw.rfind(b"\n", 0, p) + 1)
+                    p = self.raw.find(ch, p + 1, self.length)
+            at, n = 0, 0
+            for start in sorted(starts):
+                n += self.raw.count(b"\n", at, start)
+                at = start
+                e = self.raw.find(b"\n", start, self.length)
+                self._raw_lines[n] = (start, self.length if e < 0 else e)
+        start, end = self._raw_lines.get(lineno, (0, 0))
+        return bytes(self.raw[start:end])
+
+    def candidates(self, needles: Sequence[bytes], lower: bool) -> list[int]:
+        """Starts of lines that may match: a needle occurs, or the line redraws (\\r, \\b)."""
+        hay = self.s[: self.end].lower() if lower else self.s
+        starts: set[int] = set()
+        for needle, where in [*((n, hay) for n in needles), (b"\r", self.s), (b"\x08", self.s)]:
+            p = where.find(needle, 0, self.end)
+            while p >= 0:
+                starts.add(where.rfind(b"\n", 0, p) + 1)
+                e = where.find(b"\n", p, self.end)
+                if e < 0:
+                    break
+                p = where.find(needle, e + 1, self.end)
+        return sorted(starts)
+
+    def all_starts(self) -> Iterator[int]:
+        ls = 0
+        while ls < self.end:
+            yield ls
+            ls = self.line_end(ls) + 1
+
+
+@dataclass(frozen=True)
+class _Prefilter:
+    """Byte strings one of which occurs in every line the pattern can match."""
+
+    needles: tuple[bytes, ...]
+    lower: bool
+
+
+def _required(seq: Any, c: Any) -> list[str] | None:
+    """Alternatives, one of which occurs in every match of a parsed regex sequence."""
+    best: list[str] | None = None
+
+    def consider(alts: list[str] | None) -> None:
+        nonlocal best
+        if alts and all(alts) and (best is None or min(map(len, alts)) > min(map(len, best))):
+            best = alts
+
+    run: list[str] = []
+    for op, av in seq:
+        if op is c.LITERAL:
+            run.append(chr(av))
+            continue
+        consider(["".join(run)] if run else None)
+        run = []
+        if op is c.SUBPATTERN and not av[1] and not av[2]:
+            consider(_required(av[3], c))
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT) and av[0] >= 1:
+            consider(_required(av[2], c))
+        elif op is c.ATOMIC_GROUP:
+            consider(_required(av, c))
+        elif op is c.BRANCH:
+            branches = [_required(b, c) for b in av[1]]
+            if all(branches):
+                alts = [a for b in branches if b for a in b]
+                if len(alts) <= 8:
+                    consider(alts)
+    consider(["".join(run)] if run else None)
+    return best
+
+
+def _longest_piece(text: str, bad: Callable[[str], bool]) -> str:
+    pieces = re.split(
+        "|".join(map(re.escape, sorted({ch for ch in text if bad(ch)}))) or "(?!)", text
+    )
+    return max(pieces, key=len)
+
+
+def _prefilter(rx: re.Pattern[str]) -> _Prefilter | None:
+    """A sound byte-level prefilter for a compiled pattern, when one can be derived."""
+    try:
+        parser = importlib.import_module("re._parser")
+        consts = importlib.import_module("re._constants")
+        tree = parser.parse(rx.pattern, rx.flags)
+        alts = _required(tree, consts)
+        icase = bool(tree.state.flags & re.IGNORECASE)
+    except Exception:
+        return None
+    if not alts:
+        return None
+    needles: list[bytes] = []
+    for alt in alts:
+        if icase:
+            piece = _longest_piece(alt, lambda ch: ord(ch) > 127 or ch in _ICASE_UNSAFE).lower()
+        else:
+            piece = _longest_piece(alt, lambda ch: ch == "\ufffd" or 0xD800 <= ord(ch) < 0xE000)
+        if not piece:
+            return None
+        needles.append(piece.encode("utf-8"))
+    return _Prefilter(tuple(needles), icase)
+
+
+class _GrepScan:
+    """Streaming grep over one task's blocks, with context carried across blocks and files."""
+
+    def __init__(
+        self,
+        task: str,
+        rx: re.Pattern[str],
+        pre: _Prefilter | None,
+        *,
+        context: int,
+        since_key: bytes | None,
+        limit: int,
+    ) -> None:
+        self.task = task
+        self.rx = rx
+        self.pre = pre
+        self.context = context
+        self.since_key = since_key
+        self.limit = limit
+        self.matches: list[_Match] = []
+        self.pending: list[tuple[_Match, int]] = []
+        self.tail: deque[str] = deque(maxlen=context)
+        self.searching = True
+        self.truncated = False
+
+    @property
+    def finished(self) -> bool:
+        return not self.searching and not self.pending
+
+    def feed(self, raw: bytearray, length: int) -> None:
+        block = _Block(raw, length)
+        if self.pending:
+            self._serve_pending(block)
+        if self.searching and not self._older(block):
+            starts: Iterator[int] | list[int]
+            if self.pre is None:
+                starts = block.all_starts()
+            else:
+                starts = block.candidates(self.pre.needles, self.pre.lower)
+            for ls in starts:
+                le = block.line_end(ls)
+                _, key, text = block.record(ls, le)
+                if text is None or (self.since_key and key and key < self.since_key):
+                    continue
+                if not self.rx.search(text):
+                    continue
+                if len(self.matches) >= self.limit:
+                    self.truncated = True
+                    self.searching = False
+                    break
+                match = _Match(self.task, key, text, self._before(block, ls))
+                need = self._after(block, le, match)
+                self.matches.append(match)
+                if need:
+                    self.pending.append((match, need))
+        if self.context:
+            self._remember(block)
+
+    def _older(self, block: _Block) -> bool:
+        if self.since_key is None or block.end == 0:
+            return False
+        key = bytes(block.s[block.last_start() :][:TS_LEN])
+        return _is_key(key) and key < self.since_key
+
+    def _before(self, block: _Block, ls: int) -> list[str]:
+        out: list[str] = []
+        while len(out) < self.context and ls > 0:
+            ls = block.prev_start(ls)
+            text = block.record(ls, block.line_end(ls))[2]
+            if text is not None:
+                out.append(text)
+        need = self.context - len(out)
+        carried = list(self.tail)[-need:] if need and self.tail else []
+        return carried + out[::-1]
+
+    def _lines_from(self, block: _Block, ls: int, n: int) -> tuple[list[str], int]:
+        out: list[str] = []
+        while len(out) < n and ls < block.end:
+            le = block.line_end(ls)
+            text = block.record(ls, le)[2]
+            if text is not None:
+                out.append(text)
+            ls = le + 1
+        return out, ls
+
+    def _after(self, block: _Block, le: int, match: _Match) -> int:
+        lines, _ = self._lines_from(block, le + 1, self.context)
+        match.after.extend(lines)
+        return self.context - len(lines)
+
+    def _serve_pending(self, block: _Block) -> None:
+        lines, _ = self._lines_from(block, 0, max(n for _, n in self.pending))
+        still: list[tuple[_Match, int]] = []
+        for match, need in self.pending:
+            match.after.extend(lines[:need])
+            if need > len(lines):
+                still.append((match, need - len(lines)))
+        self.pending = still
+
+    def _remember(self, block: _Block) -> None:
+        out: list[str] = []
+        ls = block.last_start() if block.end else 0
+        while len(out) < self.context:
+            text = block.record(ls, block.line_end(ls))[2]
+            if text is not None:
+                out.append(text)
+            if ls == 0:
+                break
+            ls = block.prev_start(ls)
+        self.tail.extend(reversed(out))
+
+
+class LogStore:
+    """The log files of one project's tasks: pipe commands for tmux, and every way to read them."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        max_bytes: int = 10 * 1024 * 1024,
+        max_files: int = 3,
+        writer: str | None = None,
+    ) -> None:
+        if max_bytes < 1 or max_files < 1:
+            raise InvalidArgument("logs need max_bytes >= 1 and max_files >= 1")
+        self.log_dir = Path(log_dir)
+        self.max_bytes = max_bytes
+        self.max_files = max_files
+        self.writer = writer
+
+    def path(self, task: str) -> Path:
+        """The current log file of a task."""
+        if not task or task in (".", "..") or "/" in task or "\0" in task:
+            raise InvalidArgument(f"invalid task name for a log file: {task!r}")
+        return self.log_dir / f"{task}.log"
+
+    def pipe_command(self, task: str, run: int) -> str:
+        """The shell command for tmux pipe-pane ('#' escaped; creates the log folder)."""
+        path = self.path(task)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        argv = [*writer_argv(self.writer), str(path), str(run)]
+        quoted = [shlex.quote(a).replace("#", "##") for a in argv]
+        return " ".join(["exec", *quoted, "#{pane_pid}", str(self.max_bytes), str(self.max_files)])
+
+    def remove(self, task: str) -> None:
+        """Delete every log file of a task."""
+        base = self.path(task)
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.log_dir):
+                suffix = entry.name[len(base.name) + 1 :]
+                if entry.name == base.name or (
+                    entry.name.startswith(base.name + ".")
+                    and ((suffix.isascii() and suffix.isdigit()) or suffix == "lock")
+                ):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+
+    def _since(self, since: str | None) -> Since:
+        return None if since is None else parse_since(since, datetime.now(UTC))
+
+    def tail(self, tasks: Sequence[str], lines: int = 100, since: str | None = None) -> LogsResult:
+        """The last `lines` lines (at most MAX_LINES) of tasks, interleaved by time, cleaned."""
+        if lines < 1:
+            raise InvalidArgument(f"lines must be at least 1 (got {lines})")
+        limit = min(lines, MAX_LINES)
+        when = self._since(since)
+        per_task = []
+        truncated, omitted = False, 0
+        for task in dict.fromkeys(tasks):
+            with _Files(self.path(task)) as files:
+                got, cut, left = self._tail_files(task, files, limit, when)
+            per_task.append(got)
+            truncated |= cut
+            omitted += left
+        merged = list(merge(*per_task, key=lambda item: item[0]))
+        if len(merged) > limit:
+            omitted += len(merged) - limit
+            truncated = True
+            merged = merged[-limit:]
+        return LogsResult(lines=[line for _, line in merged], truncated=truncated, omitted=omitted)
+
+    def _tail_files(
+        self, task: str, files: _Files, limit: int, when: Since
+    ) -> tuple[list[tuple[bytes, LogLine]], bool, int]:
+        """Newest `limit` lines of one task (oldest first, with sort keys), cut flag, omitted."""
+        since_key = _key(when) if isinstance(when, datetime) else None
+        out: list[tuple[bytes, LogLine]] = []
+        last_key = b"\xff"
+        for fi in range(len(files.fds) - 1, -1, -1):
+            for start, block in _blocks_back(files.fds[fi], files.sizes[fi], _TAIL_BLOCK):
+                parts = block.split(b"\n")
+                if not parts[-1]:
+                    parts.pop()
+                for i in range(len(parts) - 1, -1, -1):
+                    kind, key, body = _split(parts[i])
+                    if kind == _MARKER and when == "start":
+                        return out[::-1], False, 0
+                    if since_key is not None and key and key < since_key:
+                        return out[::-1], False, 0
+                    if len(out) >= limit:
+                        rest = parts[: i + 1]
+                        if when == "start":
+                            for j in range(len(rest) - 1, -1, -1):
+                                if _split(rest[j])[0] == _MARKER:
+                                    return out[::-1], True, len(rest) - 1 - j
+                        elif since_key is not None:
+                            inside = sum(1 for ln in rest if ln[:TS_LEN] >= since_key)
+                            if inside < len(rest):
+                                return out[::-1], True, inside
+                        more, _ = _count_back(files, fi, start, when, since_key)
+                        return out[::-1], True, len(rest) + more
+                    last_key = key or last_key
+                    out.append((last_key, _log_line(task, kind, key, body)))
+        return out[::-1], False, 0
+
+    def last_run_lines(self, task: str, n: int = 20) -> list[str]:
+        """Cleaned last `n` lines of the task's current run (for failure reports)."""
+        return [line.text for line in self.tail([task], lines=max(1, n), since="start").lines]
+
+    def grep(
+        self,
+        pattern: str,
+        tasks: Sequence[str],
+        *,
+        context: int = 2,
+        ignore_case: bool = False,
+        since: str | None = None,
+        max_matches: int = 100,
+    ) -> GrepResult:
+        """Lines matching a Python regex in tasks' logs (rotated files too), oldest first."""
+        try:
+            rx = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+        except re.error as exc:
+            raise InvalidArgument(f"invalid regular expression {pattern!r}: {exc}") from None
+        if context < 0 or max_matches < 1:
+            raise InvalidArgument("context must be >= 0 and max_matches >= 1")
+        context = min(context, MAX_CONTEXT)
+        limit = min(max_matches, MAX_MATCHES)
+        when = self._since(since)
+        since_key = _key(when) if isinstance(when, datetime) else None
+        pre = _prefilter(rx)
+        found: list[list[_Match]] = []
+        truncated, searched = False, 0
+        for task in dict.fromkeys(tasks):
+            scan = _GrepScan(task, rx, pre, context=context, since_key=since_key, limit=limit)
+            with _Files(self.path(task)) as files:
+                searched += self._grep_files(scan, files, when)
+            found.append(scan.matches)
+            truncated |= scan.truncated
+        merged = list(merge(*found, key=lambda m: m.key))
+        if len(merged) > limit:
+            truncated = True
+            merged = merged[:limit]
+        return GrepResult(
+            matches=[m.model() for m in merged], truncated=truncated, files_searched=searched
+        )
+
+    def _grep_files(self, scan: _GrepScan, files: _Files, when: Since) -> int:
+        first, offset = 0, 0
+        if when == "start":
+            first, offset = _last_marker(files) or (0, 0)
+        searched = 0
+        for fi in range(first, len(files.fds)):
+            fd, size = files.fds[fi], files.sizes[fi]
+            if scan.since_key is not None and fi < len(files.fds) - 1 and not scan.pending:
+                last = _last_key(fd, size)
+                if last is not None and last < scan.since_key:
+                    continue  # this whole rotated file is older than `since`
+            searched += 1
+            for buf, length in _blocks_forward(fd, offset if fi == first else 0, size, _GREP_BLOCK):
+                scan.feed(buf, length)
+                if scan.finished:
+                    return searched
+        return searched
+
+    def follow(
+        self,
+        tasks: Sequence[str],
+        *,
+        since: str | None = None,
+        lines: int = 10,
+        poll: float = 0.2,
+        stop: Callable[[], bool] | None = None,
+    ) -> Iterator[LogLine]:
+        """Yield the last `lines` lines, then new lines as they are written (follows rotation)."""
+        when = self._since(since)
+        followers = [_Follower(task, self.path(task)) for task in dict.fromkeys(tasks)]
+        backlog: list[list[tuple[bytes, LogLine]]] = []
+        for follower in followers:
+            with _Files(follower.path) as files:
+                follower.attach(files)
+                if follower.fd >= 0:
+                    files.sizes[-1] = follower.offset
+                got = self._tail_files(follower.task, files, min(max(lines, 0), MAX_LINES), when)
+                backlog.append(got[0] if lines > 0 else [])
+        try:
+            yield from (line for _, line in merge(*backlog, key=lambda item: item[0]))
+            while not (stop and stop()):
+                fresh = [item for f in followers for item in f.poll()]
+                for _, line in sorted(fresh, key=lambda item: item[0]):
+                    yield line
+                if not fresh:
+                    time.sleep(poll)
+        finally:
+            for follower in followers:
+                follower.close()
+
+
+class _Follower:
+    """Reads what is appended to one task's log, reopening it when it is rotated."""
+
+    def __init__(self, task: str, path: Path) -> None:
+        self.task = task
+        self.path = path
+        self.fd = -1
+        self.ino: tuple[int, int] | None = None
+        self.offset = 0
+        self.pending = b""
+        self.shown = 0  # bytes of `pending` already yielded as a partial line
+        self.changed = time.monotonic()
+
+    def attach(self, files: _Files) -> None:
+        """Start at the last line start of the current file of an opened snapshot."""
+        if not files.fds:
+            return
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return
+        fd, size = files.fds[-1], files.sizes[-1]
+        if (st.st_dev, st.st_ino) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+            return
+        self.fd = os.dup(fd)
+        self.ino = (st.st_dev, st.st_ino)
+        head = next(_blocks_back(fd, size, _TAIL_BLOCK), None)
+        self.offset = size if head is None else head[0] + head[1].rfind(b"\n") + 1
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _drain(self) -> bytes:
+        chunks = []
+        while self.fd >= 0:
+            data = os.pread(self.fd, 1024 * 1024, self.offset)
+            if not data:
+                break
+            chunks.append(data)
+            self.offset += len(data)
+        return b"".join(chunks)
+
+    def _catch_up(self) -> bytes:
+        """After rotation: files written since ours (whole), then adopt the newest one."""
+        data: list[bytes] = []
+        for attempt in range(5):
+            files = _Files(self.path)
+            ids = [(st.st_dev, st.st_ino) for st in map(os.fstat, files.fds)]
+            if self.ino in ids or attempt == 4:
+                break
+            # Either ours was deleted, or rotations moved files while we listed them: look again.
+            files.__exit__()
+            time.sleep(0.01)
+        with files:
+            newer = ids.index(self.ino) + 1 if self.ino in ids else 0
+            for fd in files.fds[newer:-1]:
+                offset = 0
+                while chunk := os.pread(fd, 1024 * 1024, offset):
+                    data.append(chunk)
+                    offset += len(chunk)
+            if newer < len(files.fds):
+                self.close()
+                self.fd, self.ino, self.offset = os.dup(files.fds[-1]), ids[-1], 0
+                data.append(self._drain())
+        return b"".join(data)
+
+    def poll(self) -> list[tuple[bytes, LogLine]]:
+        """New complete lines (and a settled partial line) since the last poll."""
+        data = self._drain()
+        try:
+            st = os.stat(self.path)
+            current = (st.st_dev, st.st_ino)
+        except OSError:
+            current = None
+        if current is not None and current != self.ino:
+            data += self._drain() + self._catch_up()
+        elif current is not None and st.st_size < self.offset:
+            self.offset = 0  # truncated by someone else
+        out: list[tuple[bytes, LogLine]] = []
+        if data:
+            self.changed = time.monotonic()
+            parts = (self.pending + data).split(b"\n")
+            self.pending = parts.pop()
+            for i, line in enumerate(parts):
+                shown, self.shown = (self.shown, 0) if i == 0 else (0, 0)
+                out.extend(self._line(line, shown))
+        elif len(self.pending) > self.shown and time.monotonic() - self.changed >= _PARTIAL_SETTLE:
+            out.extend(self._line(self.pending, self.shown))
+            self.shown = len(self.pending)
+        return out
+
+    def _line(self, line: bytes, shown: int) -> list[tuple[bytes, LogLine]]:
+        kind, key, body = _split(line)
+        if shown:
+            body = line[max(shown, len(line) - len(body)) :]
+            if not body:
+                return []
+        return [(key, _log_line(self.task, kind, key, body))]

@@ -1,0 +1,209 @@
+"""The log writer behind a task's pipe, and the on-disk format it shares with the readers.
+
+Run as ``python -I -S logwriter.py LOG RUN PID MAX_BYTES MAX_FILES`` with the raw pane output
+on stdin; ``logwriter.pl`` (same arguments, same output) is the lighter twin used when perl
+is installed. Format of LOG, one record per line::
+
+    2026-11-26T04:02:36.123456Z\\t<raw output bytes>\\n      output (UTC time of its first byte)
+    2026-11-26T04:02:36.123456Z @taskmux start run=3 pid=1234\\n   start marker, first of a run
+
+The pty's ``\\r\\n`` is stored as ``\\n``; every other byte is kept (ANSI escapes, ``\\r``). A
+partial line is written as it arrives (the file's last record may lack its newline); lines
+longer than ``line_cap(max_bytes)`` are split. The file rotates by size at a line boundary:
+LOG -> LOG.1 -> ... -> LOG.<MAX_FILES-1>. A writer holds ``LOG.lock`` for its whole life, and
+a new one waits up to ``LOCK_WAIT`` seconds for the previous writer of the same log to drain.
+This module imports only the standard library so it runs without the package's environment.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+
+TS_LEN = 27
+OUTPUT_SEP = b"\t"
+MARKER_TAG = b" @taskmux start "
+READ_SIZE = 65536
+LOCK_WAIT = 2.0
+USAGE = "usage: logwriter.py LOG RUN PID MAX_BYTES MAX_FILES"
+
+
+def line_cap(max_bytes: int) -> int:
+    """Longest line kept in one record; longer lines are split."""
+    return max(1024, min(1024 * 1024, max_bytes // 4))
+
+
+def stamp(now: float) -> bytes:
+    """The fixed-width UTC timestamp of a record."""
+    secs = int(now)
+    g = time.gmtime(secs)
+    micros = int((now - secs) * 1_000_000)
+    text = (
+        f"{g.tm_year:04d}-{g.tm_mon:02d}-{g.tm_mday:02d}T"
+        f"{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d}.{micros:06d}Z"
+    )
+    return text.encode("ascii")
+
+
+def marker(now: float, run: str, pid: str) -> bytes:
+    """The start-marker record of a run."""
+    return stamp(now) + MARKER_TAG + f"run={run} pid={pid}\n".encode()
+
+
+class _Log:
+    """An append-only, size-rotated log file."""
+
+    def __init__(self, path: str, max_bytes: int, max_files: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.max_files = max_files
+        self.fd = -1
+        self.size = 0
+        self.reopen()
+
+    def reopen(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        try:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self.size = os.fstat(self.fd).st_size
+        except OSError:
+            self.fd, self.size = -1, 0
+
+    def ends_mid_line(self) -> bool:
+        if self.size == 0:
+            return False
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                return f.read(1) != b"\n"
+        except OSError:
+            return False
+
+    def put(self, data: bytes) -> None:
+        if self.fd < 0 or not data:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError:
+            pass  # disk full or file gone: drop this output, keep draining the pane
+        self.size += len(data)
+
+    def rotate(self) -> None:
+        try:
+            if self.max_files > 1:
+                for i in range(self.max_files - 1, 1, -1):
+                    if os.path.exists(f"{self.path}.{i - 1}"):
+                        os.replace(f"{self.path}.{i - 1}", f"{self.path}.{i}")
+                os.replace(self.path, f"{self.path}.1")
+            else:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        self.reopen()
+
+
+def _lock(path: str) -> int:
+    """Take the writer lock of a log, waiting up to LOCK_WAIT for the previous writer."""
+    try:
+        fd = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError:
+        return -1
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError:
+            if time.monotonic() >= deadline:
+                return fd  # the previous writer is stuck: write anyway rather than lose output
+            time.sleep(0.02)
+
+
+def run(
+    path: str, run_no: str, pid: str, max_bytes: int, max_files: int, *, source: int = 0
+) -> None:
+    """Copy the raw output read from fd `source` into the log at `path` until EOF."""
+    os.umask(0o077)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    lock_fd = _lock(path)
+    log = _Log(path, max_bytes, max_files)
+    cap = line_cap(max_bytes)
+    if log.ends_mid_line():
+        log.put(b"\n")
+    log.put(marker(time.time(), run_no, pid))
+    at_bol, line_len, held_cr = True, 0, False
+    while True:
+        try:
+            buf = os.read(source, READ_SIZE)
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+        if not buf:
+            break
+        if held_cr:
+            buf, held_cr = b"\r" + buf, False
+        if buf.endswith(b"\r"):
+            buf, held_cr = buf[:-1], True  # may be the first half of a "\r\n"
+        buf = buf.replace(b"\r\n", b"\n")
+        if not buf:
+            continue
+        ts = stamp(time.time())
+        out = bytearray()
+        pos, end = 0, len(buf)
+        while pos < end:
+            if at_bol:
+                out += ts + OUTPUT_SEP
+                at_bol, line_len = False, 0
+            nl = buf.find(b"\n", pos)
+            content = (end if nl < 0 else nl) - pos
+            if line_len + content > cap:
+                take = cap - line_len
+                out += buf[pos : pos + take] + b"\n"
+                pos += take
+                at_bol = True
+            else:
+                stop = end if nl < 0 else nl + 1
+                out += buf[pos:stop]
+                line_len += content
+                pos = stop
+                at_bol = nl >= 0
+            if at_bol and log.size + len(out) >= max_bytes:
+                log.put(bytes(out))
+                out.clear()
+                log.rotate()
+        log.put(bytes(out))
+    if held_cr:
+        log.put((stamp(time.time()) + OUTPUT_SEP if at_bol else b"") + b"\r")
+        at_bol = False
+    if not at_bol:
+        log.put(b"\n")
+    if lock_fd >= 0:
+        os.close(lock_fd)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: ``logwriter.py LOG RUN PID MAX_BYTES MAX_FILES``."""
+    if len(argv) != 5:
+        print(USAGE, file=sys.stderr)
+        return 2
+    path, run_no, pid, max_bytes, max_files = argv
+    try:
+        limits = int(max_bytes), int(max_files)
+    except ValueError:
+        print(USAGE, file=sys.stderr)
+        return 2
+    try:
+        run(path, run_no, pid, max(1, limits[0]), max(1, limits[1]))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

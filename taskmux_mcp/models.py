@@ -1,0 +1,199 @@
+"""Result shapes shared by every face (MCP tools, CLI --json, bridge): defined once here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class TaskState(StrEnum):
+    """Lifecycle state of a task, as SPEC §4 names them."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    UNHEALTHY = "unhealthy"
+    EXITED = "exited"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+
+
+class Health(StrEnum):
+    """Latest health verdict of a task."""
+
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    UNKNOWN = "unknown"
+
+
+class MonitorInfo(BaseModel):
+    """Which monitor acts for the project, if any."""
+
+    acting: bool = Field(description="whether some monitor currently applies restart policies")
+    pid: int | None = None
+    host: str | None = Field(default=None, description="where it runs: mcp, cli, bridge, tmux")
+    since: datetime | None = None
+
+
+class TaskStatus(BaseModel):
+    """One task's state in a status listing."""
+
+    name: str
+    state: TaskState
+    health: Health
+    pid: int | None = None
+    exit_code: int | None = None
+    exit_signal: str | None = None
+    restarts: int = Field(0, description="consecutive automatic restarts")
+    manually_stopped: bool = False
+    port: int | None = None
+    uptime_s: float | None = None
+    restart_policy: str
+    depends_on: list[str] = Field(default_factory=list)
+    error: str | None = Field(None, description="why the task is failed, when it is")
+
+
+class StatusResult(BaseModel):
+    """Every task of the project, plus the project itself."""
+
+    project: str
+    session: str
+    config_path: str
+    monitor: MonitorInfo
+    tasks: list[TaskStatus]
+    config_error: str | None = Field(
+        default=None, description="why taskmux.toml cannot be loaded now (last valid one in force)"
+    )
+
+
+class TaskResult(BaseModel):
+    """Outcome of an action (start/stop/restart/kill) on one task."""
+
+    name: str
+    ok: bool
+    action: str = Field(description="what was done: started, already_running, stopped, ...")
+    state: TaskState
+    health: Health = Health.UNKNOWN
+    pid: int | None = None
+    exit_code: int | None = None
+    exit_signal: str | None = None
+    error: str | None = None
+    blocked_by: str | None = Field(None, description="the dependency that kept this task down")
+    check_output: str | None = Field(None, description="output of the failing health check")
+    log_tail: list[str] = Field(
+        default_factory=list, description="last log lines of this run: on failure, and after restart"
+    )
+    duration_s: float | None = None
+
+
+class ActionResult(BaseModel):
+    """Outcome of an action over several tasks."""
+
+    ok: bool = Field(description="true when every task reached what was asked")
+    tasks: list[TaskResult]
+    message: str | None = None
+
+
+class ProbeReport(BaseModel):
+    """One health check run now."""
+
+    name: str
+    healthy: bool | None = Field(description="null when the task has no check")
+    method: str
+    detail: str
+    duration_ms: float
+
+
+class HealthResult(BaseModel):
+    """Health checks run on request."""
+
+    tasks: list[ProbeReport]
+
+
+class LogLine(BaseModel):
+    """One line of task output, as plain text."""
+
+    task: str
+    time: datetime | None
+    text: str
+
+
+class LogsResult(BaseModel):
+    """The last lines of one task or all tasks interleaved by time."""
+
+    lines: list[LogLine]
+    truncated: bool = Field(description="true when older lines were left out")
+    omitted: int = Field(0, description="how many matching lines were left out, when known")
+
+
+class GrepMatch(BaseModel):
+    """One line matching a pattern, with its context."""
+
+    task: str
+    time: datetime | None
+    line: str
+    before: list[str] = Field(default_factory=list)
+    after: list[str] = Field(default_factory=list)
+
+
+class GrepResult(BaseModel):
+    """Matches of a pattern across task logs, oldest first."""
+
+    matches: list[GrepMatch]
+    truncated: bool = Field(description="true when max_matches cut the list")
+    files_searched: int = 0
+
+
+class EventRecord(BaseModel):
+    """One entry of the project's event history."""
+
+    time: datetime
+    type: str
+    task: str | None = None
+    cause: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventsResult(BaseModel):
+    """Recent events, newest last."""
+
+    events: list[EventRecord]
+    truncated: bool = False
+
+
+class ProcessEntry(BaseModel):
+    """One process belonging to a task."""
+
+    pid: int
+    ppid: int
+    name: str
+    cmdline: str
+    status: str
+
+
+class ExitInfo(BaseModel):
+    """How a task's last run ended."""
+
+    code: int | None = None
+    signal: str | None = None
+    time: datetime | None = None
+    expected: bool = Field(False, description="true when taskmux itself stopped it")
+
+
+class InspectResult(BaseModel):
+    """Everything known of one task."""
+
+    status: TaskStatus
+    config: dict[str, Any]
+    window_id: str | None = None
+    pane_id: str | None = None
+    processes: list[ProcessEntry] = Field(default_factory=list)
+    last_exit: ExitInfo | None = None
+    health_history: list[ProbeReport] = Field(default_factory=list)
+    total_restarts: int = 0
+    runs: int = 0
+    log_path: str
+    recent_events: list[EventRecord] = Field(default_factory=list)

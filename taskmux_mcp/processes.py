@@ -1,0 +1,411 @@
+"""Process trees of tasks, signals to them, and the owners of listening ports.
+
+A task's processes are found three ways, so that none escapes a stop: the descendants of
+its root pid, the members of the session the root leads (tmux makes each pane process a
+session leader), and every process whose environment carries ``TASKMUX_TASK_ID=<id>``
+(which catches double-forked and setsid'd grandchildren that left both tree and session).
+
+Cost of a scan: one pass over all processes (psutil reads ``/proc/<pid>/stat`` on Linux),
+one ``getsid`` syscall per process when a root pid is given, and one read of each
+process's environment (``/proc/<pid>/environ``) when a task id is given. Processes of
+other users are only visible to root; tasks run as our user, so that is enough.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import psutil
+
+from taskmux_mcp.errors import InvalidArgument
+
+ENV_MARKER = "TASKMUX_TASK_ID"
+
+_SCAN_ATTRS = ["pid", "ppid", "status"]
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """A snapshot of one live process."""
+
+    pid: int
+    ppid: int
+    pgid: int | None
+    sid: int | None
+    name: str
+    cmdline: str
+    status: str
+
+
+@dataclass(frozen=True)
+class StopOutcome:
+    """How a stop or kill of a task's processes ended."""
+
+    stopped: bool
+    signal_used: str
+    remaining: tuple[int, ...]
+    duration_s: float
+
+
+def describe_signal(signum: int | None) -> str | None:
+    """Name a signal number (11 -> "SIGSEGV"); None for None."""
+    if signum is None:
+        return None
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _protected_pids() -> set[int]:
+    """Our own pid and every ancestor's: never signalled, never reported as a task's."""
+    pids = {os.getpid(), 0, 1}
+    with contextlib.suppress(psutil.Error):
+        pids.update(p.pid for p in psutil.Process().parents())
+    return pids
+
+
+def _protected_pgids(protected: Iterable[int]) -> set[int]:
+    """Process groups of protected processes: a killpg there would hit us."""
+    pgids = {0, 1, os.getpgrp()}
+    for pid in protected:
+        with contextlib.suppress(OSError):
+            pgids.add(os.getpgid(pid))
+    return pgids
+
+
+def _getpgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _getsid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def _snapshot(proc: Any) -> ProcessInfo | None:
+    """Describe one process; None when it vanished or became a zombie meanwhile."""
+    try:
+        with proc.oneshot():
+            status = str(proc.status())
+            if status == psutil.STATUS_ZOMBIE:
+                return None
+            name = str(proc.name())
+            ppid = int(proc.ppid())
+            try:
+                argv = proc.cmdline()
+            except psutil.AccessDenied:
+                argv = []
+    except psutil.Error:
+        return None
+    return ProcessInfo(
+        pid=proc.pid,
+        ppid=ppid,
+        pgid=_getpgid(proc.pid),
+        sid=_getsid(proc.pid),
+        name=name,
+        cmdline=" ".join(argv) if argv else name,
+        status=status,
+    )
+
+
+def _marker_of(proc: Any) -> str | None:
+    """The task marker in a process's environment, if readable."""
+    try:
+        env = proc.environ()
+    except psutil.Error:
+        return None
+    value = env.get(ENV_MARKER)
+    return value if isinstance(value, str) else None
+
+
+def _member_pids(root_pid: int | None, task_id: str | None) -> tuple[set[int], dict[int, Any]]:
+    """Pids of a task's live processes, and the psutil handles seen during the scan."""
+    protected = _protected_pids()
+    children: dict[int, list[int]] = {}
+    handles: dict[int, Any] = {}
+    seeds: set[int] = set()
+    for proc in psutil.process_iter(_SCAN_ATTRS, ad_value=None):
+        info = proc.info
+        pid = info["pid"]
+        if info["status"] == psutil.STATUS_ZOMBIE or pid in protected:
+            continue
+        handles[pid] = proc
+        ppid = info["ppid"]
+        if ppid is not None:
+            children.setdefault(ppid, []).append(pid)
+        in_session = root_pid is not None and (pid == root_pid or _getsid(pid) == root_pid)
+        if in_session or (task_id is not None and _marker_of(proc) == task_id):
+            seeds.add(pid)
+    members: set[int] = set()
+    stack = list(seeds)
+    while stack:
+        pid = stack.pop()
+        if pid in members or pid in protected or pid not in handles:
+            continue
+        members.add(pid)
+        stack.extend(children.get(pid, ()))
+    return members, handles
+
+
+def task_processes(root_pid: int | None, task_id: str | None) -> list[ProcessInfo]:
+    """Every live process of a task: root and descendants, root's session, env-marked ones."""
+    if root_pid is None and task_id is None:
+        return []
+    members, handles = _member_pids(root_pid, task_id)
+    found = (_snapshot(handles[pid]) for pid in sorted(members))
+    return [info for info in found if info is not None]
+
+
+def process_tree(root_pid: int | None, task_id: str | None) -> list[ProcessInfo]:
+    """A task's processes ordered for display: each parent before its children."""
+    procs = task_processes(root_pid, task_id)
+    by_pid = {p.pid: p for p in procs}
+    kids: dict[int, list[ProcessInfo]] = {}
+    tops: list[ProcessInfo] = []
+    for p in procs:
+        if p.ppid in by_pid and p.ppid != p.pid:
+            kids.setdefault(p.ppid, []).append(p)
+        else:
+            tops.append(p)
+    ordered: list[ProcessInfo] = []
+    seen: set[int] = set()
+    stack = list(reversed(tops))
+    while stack:
+        p = stack.pop()
+        if p.pid in seen:
+            continue
+        seen.add(p.pid)
+        ordered.append(p)
+        stack.extend(reversed(kids.get(p.pid, [])))
+    return ordered
+
+
+def signal_all(processes: Iterable[ProcessInfo], sig: signal.Signals) -> None:
+    """Send a signal to each process and to each distinct process group; ignore vanished."""
+    procs = list(processes)
+    protected = _protected_pids()
+    for p in procs:
+        if p.pid in protected:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p.pid, sig)
+    bad_groups = _protected_pgids(protected)
+    for pgid in {p.pgid for p in procs if p.pgid is not None} - bad_groups:
+        # While a listed member is still in the group its number cannot be reused.
+        if not any(_getpgid(p.pid) == pgid for p in procs if p.pgid == pgid):
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+
+async def _scan(root_pid: int | None, task_id: str | None) -> list[ProcessInfo]:
+    return await anyio.to_thread.run_sync(task_processes, root_pid, task_id)
+
+
+async def _wait_gone(
+    root_pid: int | None,
+    task_id: str | None,
+    *,
+    timeout: float,
+    poll: float,
+    resend: signal.Signals | None,
+    signalled: set[int],
+) -> list[ProcessInfo]:
+    """Poll until no process of the task remains or timeout passes; return what remains.
+
+    With ``resend``, processes that appeared since the last signal get it too.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        procs = await _scan(root_pid, task_id)
+        if not procs:
+            return []
+        if resend is not None:
+            fresh = [p for p in procs if p.pid not in signalled]
+            if fresh:
+                signal_all(fresh, resend)
+                signalled.update(p.pid for p in fresh)
+        if time.monotonic() >= deadline:
+            return procs
+        await anyio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+
+
+async def stop_tree(
+    root_pid: int | None,
+    task_id: str | None,
+    *,
+    interrupt: Callable[[], Awaitable[None]],
+    grace: float,
+    term_grace: float = 3.0,
+    kill_wait: float = 3.0,
+    poll: float = 0.05,
+) -> StopOutcome:
+    """Stop a task: interrupt(), wait grace; SIGTERM, wait; SIGKILL, wait; done when none remain."""
+    started = time.monotonic()
+
+    def outcome(remaining: list[ProcessInfo], used: str) -> StopOutcome:
+        return StopOutcome(
+            stopped=not remaining,
+            signal_used=used,
+            remaining=tuple(p.pid for p in remaining),
+            duration_s=time.monotonic() - started,
+        )
+
+    procs = await _scan(root_pid, task_id)
+    if not procs:
+        return outcome([], "none")
+    with contextlib.suppress(Exception):
+        await interrupt()
+    procs = await _wait_gone(
+        root_pid, task_id, timeout=grace, poll=poll, resend=None, signalled=set()
+    )
+    if not procs:
+        return outcome([], "SIGINT")
+
+    signalled = {p.pid for p in procs}
+    signal_all(procs, signal.SIGTERM)
+    # A stopped (SIGSTOP'd) process only acts on SIGTERM once continued.
+    signal_all(procs, signal.SIGCONT)
+    procs = await _wait_gone(
+        root_pid, task_id, timeout=term_grace, poll=poll, resend=signal.SIGTERM, signalled=signalled
+    )
+    if not procs:
+        return outcome([], "SIGTERM")
+
+    return await _kill_phase(
+        root_pid, task_id, procs=procs, wait=kill_wait, poll=poll, outcome=outcome
+    )
+
+
+async def _kill_phase(
+    root_pid: int | None,
+    task_id: str | None,
+    *,
+    procs: list[ProcessInfo],
+    wait: float,
+    poll: float,
+    outcome: Callable[[list[ProcessInfo], str], StopOutcome],
+) -> StopOutcome:
+    deadline = time.monotonic() + wait
+    while procs:
+        signal_all(procs, signal.SIGKILL)
+        if time.monotonic() >= deadline:
+            break
+        await anyio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        procs = await _scan(root_pid, task_id)
+    return outcome(procs, "SIGKILL")
+
+
+async def kill_tree(root_pid: int | None, task_id: str | None, wait: float = 3.0) -> StopOutcome:
+    """SIGKILL every process of a task at once and wait until none remains."""
+    started = time.monotonic()
+
+    def outcome(remaining: list[ProcessInfo], used: str) -> StopOutcome:
+        return StopOutcome(
+            stopped=not remaining,
+            signal_used=used,
+            remaining=tuple(p.pid for p in remaining),
+            duration_s=time.monotonic() - started,
+        )
+
+    procs = await _scan(root_pid, task_id)
+    if not procs:
+        return outcome([], "none")
+    return await _kill_phase(root_pid, task_id, procs=procs, wait=wait, poll=0.05, outcome=outcome)
+
+
+def _listener_pids(port: int) -> set[int]:
+    """Pids owning a TCP socket in LISTEN state on the port (any address, IPv4 or IPv6)."""
+    pids: set[int] = set()
+
+    def wanted(conn: Any) -> bool:
+        laddr = conn.laddr
+        return bool(conn.status == psutil.CONN_LISTEN and laddr and laddr.port == port and conn.pid)
+
+    try:
+        pids.update(c.pid for c in psutil.net_connections(kind="tcp") if wanted(c))
+    except psutil.AccessDenied:
+        # macOS without root: ask each process we may inspect.
+        for proc in psutil.process_iter():
+            try:
+                conns = proc.net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            if any(
+                c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns
+            ):
+                pids.add(proc.pid)
+    return pids
+
+
+def port_listeners(port: int) -> list[ProcessInfo]:
+    """Processes listening on a TCP port; never ones merely connected to it."""
+    if not 0 < port < 65536:
+        raise InvalidArgument(f"port must be between 1 and 65535, got {port}")
+    found: list[ProcessInfo] = []
+    for pid in sorted(_listener_pids(port)):
+        try:
+            info = _snapshot(psutil.Process(pid))
+        except psutil.Error:
+            continue
+        if info is not None:
+            found.append(info)
+    return found
+
+
+async def free_port(
+    port: int,
+    *,
+    protect: Collection[int] = (),
+    wait: float = 3.0,
+    term_grace: float = 1.5,
+) -> list[ProcessInfo]:
+    """Kill whoever listens on a port (SIGTERM, then SIGKILL) and return them.
+
+    Raises InvalidArgument when a protected process (ourselves, an ancestor, ``protect``)
+    holds the port. Returns after ``wait`` s even if an unkillable listener remains.
+    """
+    protected = _protected_pids() | set(protect)
+    deadline = time.monotonic() + wait
+    termed: dict[int, float] = {}
+    killed: dict[int, ProcessInfo] = {}
+    while True:
+        listeners = await anyio.to_thread.run_sync(port_listeners, port)
+        if not listeners:
+            break
+        for p in listeners:
+            if p.pid in protected:
+                raise InvalidArgument(
+                    f"port {port} is held by pid {p.pid} ({p.name}: {p.cmdline[:120]}), "
+                    "which taskmux will not kill; stop it or choose another port"
+                )
+        now = time.monotonic()
+        for p in listeners:
+            sig = signal.SIGTERM
+            if p.pid in termed:
+                if now - termed[p.pid] < term_grace:
+                    continue
+                sig = signal.SIGKILL
+            else:
+                termed[p.pid] = now
+            killed.setdefault(p.pid, p)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p.pid, sig)
+        if now >= deadline:
+            break
+        await anyio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+    return list(killed.values())

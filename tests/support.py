@@ -1,0 +1,153 @@
+"""Helpers shared by the tests: polling with a deadline, projects on a private tmux server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import psutil
+
+from taskmux_mcp.config import load_config
+from taskmux_mcp.events import Cause
+from taskmux_mcp.supervisor import Supervisor
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05) -> T:
+    """Poll predicate until it returns something truthy; fail with its last value at the deadline."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+        time.sleep(interval)
+        value = predicate()
+    return value
+
+
+@dataclass
+class TmuxServer:
+    """A private tmux server for one test (own TMUX_TMPDIR and socket name)."""
+
+    tmpdir: Path
+    socket: str
+
+    def cmd(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a tmux command against this server."""
+        return subprocess.run(
+            ["tmux", "-L", self.socket, *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            env={**os.environ, "TMUX_TMPDIR": str(self.tmpdir)},
+        )
+
+    def kill(self) -> None:
+        """Kill the server."""
+        self.cmd("kill-server", check=False)
+
+
+@dataclass
+class Project:
+    """A project folder with taskmux.toml, its own state folder and tmux server."""
+
+    root: Path
+    state_dir: Path
+    server: TmuxServer
+    env: dict[str, str]
+    supervisors: list[Supervisor] = field(default_factory=list)
+
+    def write(self, toml: str) -> Path:
+        """Write taskmux.toml."""
+        path = self.root / "taskmux.toml"
+        path.write_text(textwrap.dedent(toml))
+        return path
+
+    def supervisor(self, cause: Cause = Cause.USER) -> Supervisor:
+        """A supervisor on the current config."""
+        sup = Supervisor(
+            load_config(self.root / "taskmux.toml"), socket_name=self.server.socket, cause=cause
+        )
+        self.supervisors.append(sup)
+        return sup
+
+    def cli(
+        self, *args: str, timeout: float = 60, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the installed `taskmux` CLI in a subprocess against this project."""
+        exe = Path(sys.executable).with_name("taskmux")
+        return subprocess.run(
+            [str(exe), "--project", str(self.root), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            check=check,
+        )
+
+    def task_pids(self) -> list[int]:
+        """Every live process carrying one of this project's task markers."""
+        keys = {sup.key for sup in self.supervisors}
+        found = []
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                env = proc.environ()
+            except (psutil.Error, OSError):
+                continue
+            marker = env.get("TASKMUX_TASK_ID", "")
+            if marker.split("/")[0] in keys and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+        return found
+
+
+def run(coro_fn: Callable[[], object]) -> object:
+    """Run an async callable to completion."""
+    return anyio.run(coro_fn)  # type: ignore[arg-type]
+
+
+def make_project(
+    monkeypatch_env: Callable[[str, str], None], root_parent: Path
+) -> Iterator[Project]:
+    """Create a project with a private tmux server and state folder; clean everything afterwards."""
+    tmpdir = Path(tempfile.mkdtemp(prefix="tmx", dir="/tmp"))
+    server = TmuxServer(tmpdir, f"t{uuid.uuid4().hex[:10]}")
+    root = root_parent / "proj"
+    root.mkdir()
+    state = root_parent / "state"
+    home = root_parent / "home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "TMUX_TMPDIR": str(tmpdir),
+        "TASKMUX_STATE_DIR": str(state),
+        "TASKMUX_TMUX_SOCKET": server.socket,
+        "HOME": str(home),
+    }
+    env.pop("TMUX", None)
+    env.pop("TASKMUX_PROJECT", None)
+    for key in ("TMUX_TMPDIR", "TASKMUX_STATE_DIR", "TASKMUX_TMUX_SOCKET", "HOME"):
+        monkeypatch_env(key, env[key])
+    project = Project(root=root, state_dir=state, server=server, env=env)
+    try:
+        yield project
+    finally:
+        pids = project.task_pids()
+        server.kill()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        shutil.rmtree(tmpdir, ignore_errors=True)

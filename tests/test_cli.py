@@ -1,0 +1,241 @@
+"""The `taskmux` CLI as a subprocess: exit codes, --json shapes, errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from support import Project, wait_until
+
+from taskmux_mcp.models import ActionResult, HealthResult, StatusResult
+
+
+def no_traceback(proc: object) -> None:
+    """Fail if a subprocess printed a Python traceback."""
+    assert "Traceback" not in proc.stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in proc.stdout  # type: ignore[attr-defined]
+
+
+def test_start_status_stop_round_trip_with_json_shapes(project: Project) -> None:
+    project.write(
+        """
+        name = "clidemo"
+        [tasks.api]
+        command = "echo api up; sleep 1000"
+        [tasks.setup]
+        command = "echo done"
+        restart_policy = "no"
+        """
+    )
+    started = project.cli("--json", "start")
+    assert started.returncode == 0, started.stderr
+    result = ActionResult.model_validate_json(started.stdout)
+    assert result.ok and {t.name for t in result.tasks} == {"api", "setup"}
+    shown = project.cli("status", "--json")
+    assert shown.returncode == 0
+    status = StatusResult.model_validate_json(shown.stdout)
+    states = {t.name: t.state.value for t in status.tasks}
+    assert states == {"api": "running", "setup": "exited"}
+    assert status.project == "clidemo" and status.session == "clidemo"
+    human = project.cli("ls")
+    assert "api" in human.stdout and "running" in human.stdout
+    logs = project.cli("logs", "api")
+    assert "api up" in logs.stdout
+    stopped = project.cli("stop")
+    assert stopped.returncode == 0
+    assert project.task_pids() == []
+
+
+def test_failed_start_exits_1_with_the_reason(project: Project) -> None:
+    project.write(
+        """
+        [tasks.broken]
+        command = "echo 'ImportError: no module named flask'; exit 2"
+        restart_policy = "no"
+        """
+    )
+    proc = project.cli("start")
+    assert proc.returncode == 1
+    assert "exited with status 2" in proc.stdout
+    assert "ImportError: no module named flask" in proc.stdout
+    no_traceback(proc)
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ("[tasks.api\ncommand = 'x'\n", "line 1"),
+        ("[tasks.api]\ncomand = 'x'\n", "did you mean 'command'"),
+        (
+            "[tasks.a]\ncommand='x'\ndepends_on=['b']\n[tasks.b]\ncommand='y'\ndepends_on=['a']\n",
+            "->",
+        ),
+        ("[tasks.'a b']\ncommand = 'x'\n", "a b"),
+    ],
+)
+def test_bad_config_exits_2_without_traceback(project: Project, toml: str, needle: str) -> None:
+    (project.root / "taskmux.toml").write_text(toml)
+    for args in (["status"], ["start"], ["--json", "status"]):
+        proc = project.cli(*args)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert needle in proc.stderr
+        no_traceback(proc)
+
+
+def test_unknown_task_lists_the_known_ones(project: Project) -> None:
+    project.write(
+        """
+        [tasks.api]
+        command = "sleep 1000"
+        [tasks.web]
+        command = "sleep 1000"
+        """
+    )
+    for args in (["start", "nope"], ["stop", "nope"], ["inspect", "nope"], ["logs", "nope"],
+                 ["kill", "../etc"], ["grep", "x", "nope"]):  # fmt: skip
+        proc = project.cli(*args)
+        assert proc.returncode == 2, args
+        assert "known tasks: api, web" in proc.stderr
+        no_traceback(proc)
+
+
+def test_missing_project_says_where_it_looked(tmp_path: Path, project: Project) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = project.cli("--project", str(empty), "status")
+    assert proc.returncode == 2
+    assert "taskmux init" in proc.stderr and str(empty) in proc.stderr
+    no_traceback(proc)
+
+
+def test_usage_errors_exit_2(project: Project) -> None:
+    project.write('[tasks.api]\ncommand = "sleep 1"\n')
+    for args in (["frobnicate"], ["kill"], ["start", "--timeout", "soon"], ["grep", "(unclosed"],
+                 ["logs", "--since", "yesterday-ish"], ["start", "--timeout", "-5"]):  # fmt: skip
+        proc = project.cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.strip()
+        no_traceback(proc)
+
+
+def test_add_and_remove_keep_comments(project: Project) -> None:
+    path = project.write(
+        """
+        # my project
+        name = "keep"
+
+        # the api server
+        [tasks.api]
+        command = "sleep 1000"  # inline
+        """
+    )
+    before = path.read_text()
+    added = project.cli("add", "worker", "sleep 5", "--depends-on", "api", "--port", "9999")
+    assert added.returncode == 0, added.stderr
+    text = path.read_text()
+    assert "# the api server" in text and "# inline" in text and "[tasks.worker]" in text
+    assert project.cli("add", "worker", "x").returncode == 2
+    removed = project.cli("remove", "worker")
+    assert removed.returncode == 0, removed.stderr
+    assert path.read_text() == before
+
+
+def test_check_reports_missing_cwd_and_command(project: Project) -> None:
+    project.write(
+        """
+        [tasks.api]
+        command = "definitely-not-a-command-xyz --serve"
+        [tasks.web]
+        command = "sleep 1"
+        cwd = "no/such/dir"
+        """
+    )
+    proc = project.cli("check")
+    assert proc.returncode == 2
+    assert "definitely-not-a-command-xyz" in proc.stderr
+    assert "no/such/dir" in proc.stderr
+    project.write('[tasks.api]\ncommand = "sleep 1"\n')
+    assert project.cli("check").returncode == 0
+
+
+def test_health_and_inspect(project: Project) -> None:
+    project.write(
+        """
+        [tasks.api]
+        command = "sleep 1000"
+        health_check = "true"
+        [tasks.down]
+        command = "sleep 1000"
+        health_check = "echo nope; exit 1"
+        auto_start = false
+        """
+    )
+    assert project.cli("start").returncode == 0
+    proc = project.cli("--json", "health")
+    assert proc.returncode == 1
+    health = HealthResult.model_validate_json(proc.stdout)
+    assert {r.name: r.healthy for r in health.tasks} == {"api": True, "down": False}
+    inspect = json.loads(project.cli("--json", "inspect", "api").stdout)
+    assert inspect["status"]["state"] == "running"
+    assert inspect["processes"] and inspect["pane_id"].startswith("%")
+
+
+def test_status_costs_at_most_two_tmux_spawns_for_30_tasks(
+    project: Project, tmp_path: Path
+) -> None:
+    tasks = "".join(f'[tasks.t{i}]\ncommand = "sleep 1000"\n' for i in range(30))
+    project.write(tasks)
+    env = {**project.env, "TASKMUX_HOSTED_MONITOR": "0"}
+    project.env = env
+    assert project.cli("start", "--no-wait").returncode == 0
+    wrapper_dir = tmp_path / "wrap"
+    wrapper_dir.mkdir()
+    count_file = tmp_path / "spawns.txt"
+    real = next(
+        Path(d) / "tmux"
+        for d in os.environ["PATH"].split(os.pathsep)
+        if (Path(d) / "tmux").is_file()
+    )
+    wrapper = wrapper_dir / "tmux"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {count_file}\nexec {real} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    project.env = {**env, "PATH": f"{wrapper_dir}{os.pathsep}{env['PATH']}"}
+    proc = project.cli("--json", "status")
+    assert proc.returncode == 0, proc.stderr
+    status = StatusResult.model_validate_json(proc.stdout)
+    assert len(status.tasks) == 30
+    assert all(t.state.value == "running" for t in status.tasks)
+    spawns = count_file.read_text().splitlines()
+    assert 1 <= len(spawns) <= 2, spawns
+
+
+def test_attach_dry_run_targets_the_session_and_window(project: Project) -> None:
+    project.write('name = "att"\n[tasks.api]\ncommand = "sleep 1000"\n')
+    assert project.cli("start").returncode == 0
+    proc = project.cli("attach", "api", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "attach-session" in proc.stdout and "-t @" in proc.stdout
+
+
+def test_hosted_monitor_restarts_a_crash_after_the_cli_exits(project: Project) -> None:
+    project.write(
+        """
+        [tasks.flaky]
+        command = "test -f crashed || { touch crashed; echo crashing; exit 1; }; sleep 1000"
+        restart_backoff = 1.0
+        """
+    )
+    proc = project.cli("start", "--no-wait")
+    assert proc.returncode == 0, proc.stderr
+
+    def restarted() -> bool:
+        shown = StatusResult.model_validate_json(project.cli("--json", "status").stdout)
+        task = shown.tasks[0]
+        return shown.monitor.acting and task.state.value == "running" and task.restarts == 1
+
+    wait_until(restarted, timeout=20, interval=0.3)
+    status = StatusResult.model_validate_json(project.cli("--json", "status").stdout)
+    assert status.monitor.host == "tmux"

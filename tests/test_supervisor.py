@@ -1,0 +1,405 @@
+"""Supervisor against a real tmux server: lifecycle, exit status, stop/kill, ports, deps, hooks."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import psutil
+import pytest
+from support import Project, wait_until
+
+from taskmux_mcp.models import TaskState
+from taskmux_mcp.supervisor import Supervisor
+
+
+def status_of(sup: Supervisor, name: str) -> object:
+    """The TaskStatus of one task."""
+    result = anyio.run(sup.status)
+    return next(t for t in result.tasks if t.name == name)
+
+
+def test_exit_status_and_signal_are_read_from_the_pane(project: Project) -> None:
+    project.write(
+        """
+        [tasks.three]
+        command = "echo bye; exit 3"
+        restart_policy = "no"
+        [tasks.segv]
+        command = "kill -SEGV $$"
+        restart_policy = "no"
+        """
+    )
+    sup = project.supervisor()
+    result = anyio.run(lambda: sup.start(["three", "segv"], timeout=10))
+    by_name = {t.name: t for t in result.tasks}
+    assert not result.ok
+    assert by_name["three"].exit_code == 3
+    assert by_name["three"].state is TaskState.EXITED
+    assert by_name["segv"].exit_signal == "SIGSEGV"
+    three = status_of(sup, "three")
+    assert three.state is TaskState.EXITED and three.exit_code == 3  # type: ignore[attr-defined]
+    segv = status_of(sup, "segv")
+    assert segv.exit_signal == "SIGSEGV"  # type: ignore[attr-defined]
+
+
+def test_sh_c_task_is_running_not_dead(project: Project) -> None:
+    project.write(
+        """
+        [tasks.sleeper]
+        command = "sh -c 'sleep 1000'"
+        """
+    )
+    sup = project.supervisor()
+    result = anyio.run(lambda: sup.start(["sleeper"], timeout=10))
+    assert result.ok, result
+    status = status_of(sup, "sleeper")
+    assert status.state is TaskState.RUNNING  # type: ignore[attr-defined]
+    assert psutil.pid_exists(status.pid)  # type: ignore[attr-defined]
+
+
+def test_stop_leaves_no_process_of_a_tree(project: Project) -> None:
+    project.write(
+        """
+        [tasks.tree]
+        command = "sh -c 'sleep 1001 & sleep 1002 & wait'"
+        stop_grace_period = 0.5
+        [tasks.stubborn]
+        command = "trap '' INT TERM; while true; do sleep 0.1; done"
+        stop_grace_period = 0.3
+        """
+    )
+    sup = project.supervisor()
+    assert anyio.run(lambda: sup.start(timeout=10)).ok
+    wait_until(lambda: len(project.task_pids()) >= 5)
+    result = anyio.run(sup.stop)
+    assert result.ok, result
+    assert project.task_pids() == []
+    assert {t.state for t in anyio.run(sup.status).tasks} == {TaskState.STOPPED}
+
+
+def test_stop_of_a_task_that_dies_on_sigint_does_not_wait_for_the_grace_period(
+    project: Project,
+) -> None:
+    project.write(
+        """
+        [tasks.sleep]
+        command = "sleep 1000"
+        stop_grace_period = 5
+        """
+    )
+    sup = project.supervisor()
+    assert anyio.run(lambda: sup.start(timeout=10)).ok
+    result = anyio.run(lambda: sup.stop(["sleep"]))
+    assert result.ok
+    assert result.tasks[0].duration_s is not None and result.tasks[0].duration_s < 5
+    stopped = sup.read_events("sleep").events[-1]
+    assert stopped.type == "stopped" and stopped.details["signal"] == "SIGINT"
+
+
+def test_setsid_grandchild_is_stopped_too(project: Project) -> None:
+    project.write(
+        """
+        [tasks.daemon]
+        command = "setsid sleep 1005 & sleep 1000"
+        stop_grace_period = 0.5
+        """
+    )
+    sup = project.supervisor()
+    assert anyio.run(lambda: sup.start(timeout=10)).ok
+    wait_until(lambda: len(project.task_pids()) >= 2)
+    assert anyio.run(sup.stop).ok
+    assert project.task_pids() == []
+
+
+def test_kill_removes_the_window(project: Project) -> None:
+    project.write(
+        """
+        [tasks.victim]
+        command = "sleep 1000"
+        """
+    )
+    sup = project.supervisor()
+    assert anyio.run(lambda: sup.start(timeout=10)).ok
+    windows = project.server.cmd("list-windows", "-a", "-F", "#{@taskmux_task}").stdout.split()
+    assert "victim" in windows
+    result = anyio.run(lambda: sup.kill(["victim"]))
+    assert result.ok
+    out = project.server.cmd("list-windows", "-a", "-F", "#{@taskmux_task}", check=False).stdout
+    assert "victim" not in out.split()
+    assert project.task_pids() == []
+    assert status_of(sup, "victim").manually_stopped  # type: ignore[attr-defined]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_port_cleanup_frees_a_listener_and_spares_a_connected_client(project: Project) -> None:
+    port = _free_port()
+    listener = subprocess.Popen(
+        [sys.executable, "-c", f"""
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", {port})); s.listen(); print("ready", flush=True)
+conns = []
+while True:
+    c, _ = s.accept(); conns.append(c)
+"""],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
+    client = subprocess.Popen(
+        [sys.executable, "-c", f"""
+import socket, time
+c = socket.create_connection(("127.0.0.1", {port})); print("connected", flush=True)
+time.sleep(1000)
+"""],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert client.stdout is not None and client.stdout.readline().strip() == "connected"
+        project.write(
+            f"""
+            [tasks.web]
+            command = "{sys.executable} -m http.server {port} --bind 127.0.0.1"
+            port = {port}
+            health_start_period = 5
+            """
+        )
+        sup = project.supervisor()
+        result = anyio.run(lambda: sup.start(timeout=20))
+        assert result.ok, result
+        assert listener.wait(timeout=5) is not None
+        assert client.poll() is None, "a process merely connected to the port was killed"
+        freed = [e for e in sup.read_events("web").events if e.type == "port_freed"]
+        assert freed and freed[0].details["pid"] == listener.pid
+    finally:
+        for proc in (listener, client):
+            proc.kill()
+            proc.wait()
+
+
+def test_dependency_chain_in_order_and_independent_tasks_in_parallel(project: Project) -> None:
+    project.write(
+        """
+        [tasks.a]
+        command = "sleep 0.6; touch a.ready; sleep 1000"
+        health_check = "test -f a.ready"
+        [tasks.b]
+        command = "sleep 1000"
+        depends_on = ["a"]
+        [tasks.c]
+        command = "sleep 1000"
+        """
+    )
+    sup = project.supervisor()
+    result = anyio.run(lambda: sup.start(timeout=20))
+    assert result.ok, result
+    started = {e.task: e.time.timestamp() for e in sup.read_events().events if e.type == "started"}
+    assert started["b"] - started["a"] >= 0.5, "b started before its dependency was healthy"
+    assert abs(started["c"] - started["a"]) < 0.5, "independent task c waited for a"
+    assert (project.root / "a.ready").exists()
+
+
+def test_start_of_a_named_task_starts_its_dependencies(project: Project) -> None:
+    project.write(
+        """
+        [tasks.db]
+        command = "sleep 1000"
+        [tasks.api]
+        command = "sleep 1000"
+        depends_on = ["db"]
+        [tasks.other]
+        command = "sleep 1000"
+        """
+    )
+    sup = project.supervisor()
+    result = anyio.run(lambda: sup.start(["api"], timeout=20))
+    assert [t.name for t in result.tasks] == ["db", "api"]
+    states = {t.name: t.state for t in anyio.run(sup.status).tasks}
+    assert states == {"db": TaskState.RUNNING, "api": TaskState.RUNNING, "other": TaskState.STOPPED}
+    again = anyio.run(lambda: sup.start(["api"], timeout=20))
+    assert {t.action for t in again.tasks} == {"already_running"}
+
+
+def test_failed_dependency_blocks_dependents_with_a_reason(project: Project) -> None:
+    project.write(
+        """
+        [tasks.db]
+        command = "echo 'FATAL: no database'; exit 7"
+        [tasks.api]
+        command = "sleep 1000"
+        depends_on = ["db"]
+        """
+    )
+    sup = project.supervisor()
+    result = anyio.run(lambda: sup.start(timeout=20))
+    assert not result.ok
+    db, api = result.tasks
+    assert db.exit_code == 7
+    assert any("FATAL: no database" in line for line in db.log_tail)
+    assert api.blocked_by == "db" and api.error and "db" in api.error
+    assert api.state is TaskState.STOPPED
+
+
+def test_unhealthy_start_reports_the_check_output(project: Project) -> None:
+    project.write(
+        """
+        [tasks.api]
+        command = "echo booting; sleep 1000"
+        health_check = "echo 'db unreachable' >&2; exit 1"
+        health_start_period = 0
+        health_retries = 2
+        """
+    )
+    sup = project.supervisor()
+    result = anyio.run(lambda: sup.start(timeout=20))
+    assert not result.ok
+    api = result.tasks[0]
+    assert api.state is TaskState.UNHEALTHY
+    assert api.check_output and "db unreachable" in api.check_output
+
+
+def test_hooks_run_and_a_failing_before_start_aborts(project: Project) -> None:
+    project.write(
+        """
+        [hooks]
+        before_start = "echo project >> hooks.txt"
+        [tasks.good]
+        command = "sleep 1000"
+        [tasks.good.hooks]
+        before_start = "echo good-before >> hooks.txt"
+        after_stop = "echo good-after-stop >> hooks.txt"
+        [tasks.bad]
+        command = "sleep 1000"
+        hooks = { before_start = "echo 'cannot migrate'; exit 4" }
+        """
+    )
+    sup = project.supervisor()
+    result = anyio.run(lambda: sup.start(timeout=20))
+    by_name = {t.name: t for t in result.tasks}
+    assert by_name["good"].ok
+    assert not by_name["bad"].ok
+    assert "cannot migrate" in (by_name["bad"].error or "")
+    assert status_of(sup, "bad").state is TaskState.FAILED  # type: ignore[attr-defined]
+    anyio.run(lambda: sup.stop(["good"]))
+    lines = (project.root / "hooks.txt").read_text().split()
+    assert lines == ["project", "good-before", "good-after-stop"]
+
+
+def test_two_checkouts_with_the_same_name_do_not_collide(project: Project, tmp_path: Path) -> None:
+    toml = """
+        name = "same"
+        [tasks.api]
+        command = "sleep 1000"
+        """
+    project.write(toml)
+    first = project.supervisor()
+    other_root = tmp_path / "other"
+    other_root.mkdir()
+    (other_root / "taskmux.toml").write_text(project.root.joinpath("taskmux.toml").read_text())
+    from taskmux_mcp.config import load_config
+
+    second = Supervisor(load_config(other_root / "taskmux.toml"), socket_name=project.server.socket)
+    project.supervisors.append(second)
+    assert anyio.run(lambda: first.start(timeout=10)).ok
+    assert anyio.run(lambda: second.start(timeout=10)).ok
+    s1, s2 = anyio.run(first.status), anyio.run(second.status)
+    assert s1.session != s2.session
+    assert s1.tasks[0].pid != s2.tasks[0].pid
+    assert first.paths.root != second.paths.root
+    assert anyio.run(second.stop).ok
+    assert status_of(first, "api").state is TaskState.RUNNING  # type: ignore[attr-defined]
+    assert status_of(second, "api").state is TaskState.STOPPED  # type: ignore[attr-defined]
+
+
+def test_hostile_tmux_conf_changes_nothing(project: Project) -> None:
+    home = Path(project.env["HOME"])
+    (home / ".tmux.conf").write_text(
+        "set -g base-index 1\n"
+        "setw -g pane-base-index 1\n"
+        "set -g renumber-windows on\n"
+        "setw -g automatic-rename on\n"
+        "setw -g allow-rename on\n"
+        "setw -g remain-on-exit off\n"
+        "set -g history-limit 10\n"
+        "set -g default-shell /bin/false\n"
+        "set -g default-command 'exit 9'\n"
+        "set -g destroy-unattached on\n"
+    )
+    project.write(
+        """
+        [tasks.quick]
+        command = '''printf '\\033kevil\\033\\\\'; exit 3'''
+        restart_policy = "no"
+        [tasks.long]
+        command = "for i in $(seq 1 50); do echo line $i; done; sleep 1000"
+        """
+    )
+    sup = project.supervisor()
+    result = anyio.run(lambda: sup.start(timeout=20))
+    by_name = {t.name: t for t in result.tasks}
+    assert by_name["quick"].exit_code == 3
+    assert by_name["long"].ok
+    wait_until(lambda: len(sup.read_logs("long", lines=100).lines) >= 50)
+    statuses = {t.name: t for t in anyio.run(sup.status).tasks}
+    assert statuses["quick"].state is TaskState.EXITED and statuses["quick"].exit_code == 3
+    assert statuses["long"].state is TaskState.RUNNING
+    anyio.run(lambda: sup.kill(["quick"]))
+    assert status_of(sup, "long").state is TaskState.RUNNING  # type: ignore[attr-defined]
+    assert anyio.run(sup.stop).ok
+
+
+def test_stop_is_recorded_for_other_processes(project: Project) -> None:
+    project.write(
+        """
+        [tasks.api]
+        command = "sleep 1000"
+        """
+    )
+    sup = project.supervisor()
+    assert anyio.run(lambda: sup.start(timeout=10)).ok
+    proc = project.cli("stop", "api")
+    assert proc.returncode == 0, proc.stderr
+    fresh = project.supervisor()
+    assert fresh.store.get("api").manually_stopped
+    assert status_of(fresh, "api").manually_stopped  # type: ignore[attr-defined]
+
+
+def test_uptime_and_pid_reported(project: Project) -> None:
+    project.write(
+        """
+        [tasks.api]
+        command = "sleep 1000"
+        """
+    )
+    sup = project.supervisor()
+    assert anyio.run(lambda: sup.start(timeout=10)).ok
+    time.sleep(0.1)
+    status = status_of(sup, "api")
+    assert status.uptime_s is not None and status.uptime_s >= 0  # type: ignore[attr-defined]
+    assert psutil.Process(status.pid).is_running()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("bad", ["", "nope"])
+def test_unknown_task_names_the_known_ones(project: Project, bad: str) -> None:
+    project.write(
+        """
+        [tasks.api]
+        command = "sleep 1000"
+        """
+    )
+    sup = project.supervisor()
+    from taskmux_mcp.errors import UnknownTask
+
+    with pytest.raises(UnknownTask, match="known tasks: api"):
+        anyio.run(lambda: sup.start([bad or "x y"]))
