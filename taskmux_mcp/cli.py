@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -489,7 +490,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     sup = open_supervisor(args, Cause.POLICY)
     if args.hosted:
         print(f"taskmux monitor of {sup.config.name}: keeps restart policies working", flush=True)
-        return run_monitor_foreground(sup, host="tmux", exit_when_idle=True)
+        status = run_monitor_foreground(sup, host="tmux", exit_when_idle=True)
+        own_pane = os.environ.get("TMUX_PANE")
+        if own_pane:
+            # No task window is left: close this one too, so the session can end.
+            with contextlib.suppress(TaskmuxError):
+                sup.tmux.run("kill-window", "-t", own_pane)
+        return status
     return run_monitor_foreground(sup, host="cli")
 
 

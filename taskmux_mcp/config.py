@@ -396,7 +396,7 @@ def _env(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
         raise _expect('a table of strings (like { NAME = "value" })', value)
     for key, item in value.items():
-        if not key or "=" in key or "\0" in key:
+        if not key or "=" in key or "\0" in key or key.startswith("-"):
             raise _Invalid(f"has an invalid variable name {_quote(key)}")
         if not isinstance(item, str):
             raise _Invalid(

@@ -224,15 +224,16 @@ class _Files:
     def __init__(self, base: Path) -> None:
         self.fds: list[int] = []
         self.sizes: list[int] = []
-        rotated: list[tuple[int, Path]] = []
+        last = 0
         with contextlib.suppress(OSError):
             for entry in os.scandir(base.parent):
                 suffix = entry.name[len(base.name) + 1 :]
                 if entry.name.startswith(base.name + ".") and suffix.isascii() and suffix.isdigit():
-                    rotated.append((int(suffix), Path(entry.path)))
+                    last = max(last, min(int(suffix), 1000))
         seen: set[tuple[int, int]] = set()
-        # Newest first, so a file moved by a rotation while opening is met twice (and skipped).
-        for path in [base, *(p for _, p in sorted(rotated))]:
+        # Newest first and every index in turn (gaps included): a file that a rotation moves
+        # while we open is then met twice (and skipped), never missed.
+        for path in [base, *(base.with_name(f"{base.name}.{i}") for i in range(1, last + 1))]:
             try:
                 fd = os.open(path, os.O_RDONLY)
             except OSError:

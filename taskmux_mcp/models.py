@@ -84,7 +84,7 @@ class TaskResult(BaseModel):
     blocked_by: str | None = Field(None, description="the dependency that kept this task down")
     check_output: str | None = Field(None, description="output of the failing health check")
     log_tail: list[str] = Field(
-        default_factory=list, description="last log lines of this run: on failure, and after restart"
+        default_factory=list, description="last log lines of this run (on failure, after restart)"
     )
     duration_s: float | None = None
 

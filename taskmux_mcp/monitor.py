@@ -28,6 +28,7 @@ log = logging.getLogger("taskmux.monitor")
 POLL_S = 0.25
 SWEEP_S = 2.0
 STANDBY_POLL_S = 0.5
+IDLE_CHECK_POLLS = 10
 CONFIG_DEBOUNCE_S = 0.3
 
 
@@ -127,6 +128,8 @@ class Monitor:
         self._checking: set[str] = set()
         self._restarting: set[str] = set()
         self._known_pids: dict[str, int] = {}
+        self._due: float | None = None
+        self._records_stamp = 0
         self._invalid_config: str | None = None
         self._stop = anyio.Event()
 
@@ -138,7 +141,11 @@ class Monitor:
     async def run(self) -> None:
         """Stand by until the lock is ours, then act until cancelled or idle."""
         try:
+            polls = 0
             while not self._lock.try_acquire():
+                polls += 1
+                if self.exit_when_idle and polls % IDLE_CHECK_POLLS == 0 and await self._idle():
+                    return
                 await anyio.sleep(STANDBY_POLL_S)
             self.acting = True
             lease = MonitorLease(pid=os.getpid(), host=self.host, since=time.time())
@@ -150,6 +157,13 @@ class Monitor:
         finally:
             self.acting = False
             self._lock.release()
+
+    async def _idle(self) -> bool:
+        """True when no task of the project has a window and no restart is scheduled."""
+        snap = await self.sup.tmux.snapshot()
+        if any(name in snap.panes for name in self.sup.config.tasks):
+            return False
+        return all(self.sup.store.get(name).restart_at is None for name in self.sup.config.tasks)
 
     def stop(self) -> None:
         """Ask the loop to end."""
@@ -165,7 +179,13 @@ class Monitor:
                 last_sweep = 0.0
                 while True:
                     now = time.monotonic()
-                    if now - last_sweep >= SWEEP_S or self._pid_vanished():
+                    due = self._due is not None and time.time() >= self._due
+                    if (
+                        now - last_sweep >= SWEEP_S
+                        or due
+                        or self._records_changed()
+                        or (self._pid_vanished())
+                    ):
                         last_sweep = now
                         if await self.sweep(group) and self.exit_when_idle:
                             group.cancel_scope.cancel()
@@ -182,6 +202,16 @@ class Monitor:
         await self._stop.wait()
         scope.cancel()
 
+    def _records_changed(self) -> bool:
+        """True when any process wrote a task record since the last look (a start, a stop)."""
+        try:
+            stamp = os.stat(self.sup.paths.tasks).st_mtime_ns
+        except OSError:
+            return False
+        changed = stamp != self._records_stamp
+        self._records_stamp = stamp
+        return changed
+
     def _pid_vanished(self) -> bool:
         return any(not psutil.pid_exists(pid) for pid in self._known_pids.values())
 
@@ -191,6 +221,7 @@ class Monitor:
         config = self.sup.config
         now = time.time()
         self._known_pids = {}
+        self._due = None
         idle = True
         for name, task in config.tasks.items():
             record = self.sup.store.get(name)
@@ -198,12 +229,13 @@ class Monitor:
             alive = pane is not None and not pane.dead
             if alive and pane is not None and pane.pid:
                 self._known_pids[name] = pane.pid
-                idle = False
             if record.restart_at is not None:
                 idle = False
                 if now >= record.restart_at and name not in self._restarting:
                     self._restarting.add(name)
                     group.start_soon(self._restart, name)
+                elif now < record.restart_at:
+                    self._expect(record.restart_at)
                 continue
             if alive:
                 stable = is_stable(
@@ -238,7 +270,11 @@ class Monitor:
             self._apply(name, decision, record.runs, observation)
             if decision.action is Action.RESTART:
                 idle = False
-        return idle and snap.session is None
+        return idle and not any(name in snap.panes for name in config.tasks)
+
+    def _expect(self, moment: float) -> None:
+        """Sweep again at moment (a scheduled restart)."""
+        self._due = moment if self._due is None else min(self._due, moment)
 
     @staticmethod
     def sup_signal(signum: int | None) -> str | None:
@@ -256,6 +292,7 @@ class Monitor:
             self.sup.store.update(
                 name, handled_run=run, last_exit=last_exit, restart_at=now + decision.delay_s
             )
+            self._expect(now + decision.delay_s)
             self.sup.record_event(
                 EventType.RESTART_SCHEDULED,
                 Cause.POLICY,
@@ -277,7 +314,9 @@ class Monitor:
             if record.restart_at is None or record.manually_stopped:
                 return
             try:
-                await self.sup.launch(name, Cause.POLICY, automatic=True)
+                pane = await self.sup.launch(name, Cause.POLICY, automatic=True)
+                if pane.pid:
+                    self._known_pids[name] = pane.pid
             except TaskmuxError as exc:
                 self._launch_failed(name, str(exc))
         finally:
@@ -298,6 +337,7 @@ class Monitor:
         now = time.time()
         if decision.action is Action.RESTART:
             self.sup.store.update(name, restart_at=now + decision.delay_s, failed=None)
+            self._expect(now + decision.delay_s)
             self.sup.record_event(
                 EventType.RESTART_SCHEDULED,
                 Cause.POLICY,

@@ -1,4 +1,4 @@
-"""A long-lived face's hold on its project: finds and reloads taskmux.toml, keeps the last good one."""
+"""A long-lived face's hold on its project: finds, reloads and keeps the last good taskmux.toml."""
 
 from __future__ import annotations
 

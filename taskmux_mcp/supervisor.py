@@ -563,7 +563,7 @@ class Supervisor:
     async def check(
         self, name: str, record: TaskRecord, *, cause: Cause | None
     ) -> ProbeOutcome | None:
-        """Probe a running task; fold the result into its persisted health (retries, start period)."""
+        """Probe a running task; fold the result into its persisted health (retries, period)."""
         task = self.config.task(name)
         outcome = await self.probe(name)
         if outcome is None:

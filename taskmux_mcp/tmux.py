@@ -32,6 +32,7 @@ _FIELDS = (
     "window_name",
 )
 _SEP = "\x1f"
+ENV_BINARY = shutil.which("env") or "/usr/bin/env"
 _FORMAT = _SEP.join("#{" + name + "}" for name in _FIELDS)
 _NO_SERVER = re.compile(r"no server running|error connecting to|No such file or directory")
 
@@ -159,9 +160,9 @@ class TmuxBackend:
         snapshot: Snapshot,
     ) -> Pane:
         """Run argv as the pane process of the task's window (new or respawned), output piped."""
-        env_args: list[str] = []
-        for key, value in env.items():
-            env_args += ["-e", f"{key}={value}"]
+        # The environment goes on the command line, not through `-e`: new-session -e would put
+        # it in the session's environment, leaking one task's variables into every window.
+        argv = [ENV_BINARY, *(f"{key}={value}" for key, value in env.items()), *argv]
         existing = snapshot.panes.get(task)
         pipe = ["pipe-pane"] if pipe_command is None else ["pipe-pane", pipe_command]
         report = ["display-message", "-p"]
@@ -169,7 +170,7 @@ class TmuxBackend:
         if existing is not None:
             target = existing.pane_id
             sequence = [
-                "respawn-pane", "-k", "-t", target, "-c", str(cwd), *env_args, "--", *argv,
+                "respawn-pane", "-k", "-t", target, "-c", str(cwd), "--", *argv,
                 ";", *pipe[:1], "-t", target, *pipe[1:],
                 ";", *report, "-t", target, report_format,
             ]  # fmt: skip
@@ -190,7 +191,7 @@ class TmuxBackend:
                 create = ["new-window", "-d", "-t", f"={session}:", "-n", nonce]
                 session_options = []
             sequence = [
-                *create, "-c", str(cwd), *env_args, "--", *argv,
+                *create, "-c", str(cwd), "--", *argv,
                 ";", "set-option", "-w", "-t", window, "remain-on-exit", "on",
                 *session_options,
                 ";", "set-option", "-w", "-t", window, TASK_OPTION, task,

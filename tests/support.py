@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05) -> T:
-    """Poll predicate until it returns something truthy; fail with its last value at the deadline."""
+    """Poll predicate until it returns something truthy; fail with its last value at timeout."""
     deadline = time.monotonic() + timeout
     value = predicate()
     while not value:

@@ -239,3 +239,17 @@ def test_hosted_monitor_restarts_a_crash_after_the_cli_exits(project: Project) -
     wait_until(restarted, timeout=20, interval=0.3)
     status = StatusResult.model_validate_json(project.cli("--json", "status").stdout)
     assert status.monitor.host == "tmux"
+
+
+def test_hosted_monitor_ends_with_the_last_task_window(project: Project) -> None:
+    project.write('name = "ends"\n[tasks.api]\ncommand = "sleep 1000"\n')
+    assert project.cli("start").returncode == 0
+
+    def windows() -> list[str]:
+        out = project.server.cmd("list-windows", "-a", "-F", "#{@taskmux_task}", check=False)
+        return out.stdout.split()
+
+    wait_until(lambda: sorted(windows()) == ["_monitor", "api"])
+    assert project.cli("kill", "api").returncode == 0
+    wait_until(lambda: windows() == [], timeout=15, interval=0.2)
+    assert project.server.cmd("has-session", "-t", "=ends", check=False).returncode != 0

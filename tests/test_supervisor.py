@@ -403,3 +403,24 @@ def test_unknown_task_names_the_known_ones(project: Project, bad: str) -> None:
 
     with pytest.raises(UnknownTask, match="known tasks: api"):
         anyio.run(lambda: sup.start([bad or "x y"]))
+
+
+def test_env_and_cwd_reach_the_task_and_do_not_leak_to_others(project: Project) -> None:
+    (project.root / "sub").mkdir()
+    project.write(
+        """
+        [tasks.first]
+        command = "echo first=$SECRET in $(pwd); sleep 1000"
+        cwd = "sub"
+        env = { SECRET = "s3cr3t" }
+        [tasks.second]
+        command = "echo second=${SECRET:-unset} marker=${TASKMUX_TASK}; sleep 1000"
+        """
+    )
+    sup = project.supervisor()
+    assert anyio.run(lambda: sup.start(["first"], timeout=10)).ok
+    assert anyio.run(lambda: sup.start(["second"], timeout=10)).ok
+    first = wait_until(lambda: sup.read_logs("first", since="start").lines)
+    second = wait_until(lambda: sup.read_logs("second", since="start").lines)
+    assert first[-1].text == f"first=s3cr3t in {project.root / 'sub'}"
+    assert second[-1].text == "second=unset marker=second"

@@ -1,0 +1,344 @@
+"""The monitor on real tmux: policies, stops from other processes, failover, tmux death, reload."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from support import Project, wait_until
+
+from taskmux_mcp.models import TaskState
+from taskmux_mcp.state import read_monitor_lease
+from taskmux_mcp.supervisor import Supervisor
+
+
+@pytest.fixture
+def monitors(project: Project) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Monitor processes started by a test, ended afterwards."""
+    procs: list[subprocess.Popen[bytes]] = []
+    project.env["TASKMUX_HOSTED_MONITOR"] = "0"
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def spawn_monitor(
+    project: Project, procs: list[subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
+    """Start `taskmux monitor` for the project in its own process."""
+    exe = Path(sys.executable).with_name("taskmux")
+    proc = subprocess.Popen(
+        [str(exe), "--project", str(project.root), "monitor"],
+        env=project.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    procs.append(proc)
+    return proc
+
+
+def acting_pid(sup: Supervisor) -> int | None:
+    """The pid of the acting monitor, if any."""
+    lease = read_monitor_lease(sup.paths)
+    return lease.pid if lease else None
+
+
+def run_monitor(project: Project, procs: list[subprocess.Popen[bytes]], sup: Supervisor) -> int:
+    """Start a monitor and wait until it acts."""
+    proc = spawn_monitor(project, procs)
+    wait_until(lambda: acting_pid(sup) == proc.pid, timeout=15)
+    return proc.pid
+
+
+def events_of(sup: Supervisor, kind: str, task: str | None = None) -> list[dict[str, object]]:
+    """Details of the recorded events of one type."""
+    return [
+        {**e.details, "_time": e.time.timestamp(), "_cause": e.cause}
+        for e in sup.read_events(task, limit=1000).events
+        if e.type == kind
+    ]
+
+
+def state_of(sup: Supervisor, name: str) -> TaskState:
+    """The current state of one task."""
+    return next(t.state for t in anyio.run(sup.status).tasks if t.name == name)
+
+
+def test_on_failure_backs_off_then_gives_up(
+    project: Project, monitors: list[subprocess.Popen[bytes]]
+) -> None:
+    project.write(
+        """
+        [tasks.crash]
+        command = "echo boom; exit 1"
+        max_restarts = 3
+        restart_backoff = 1.3
+        """
+    )
+    sup = project.supervisor()
+    run_monitor(project, monitors, sup)
+    anyio.run(lambda: sup.start(wait=False))
+    wait_until(lambda: state_of(sup, "crash") is TaskState.FAILED, timeout=30, interval=0.2)
+    delays = [e["delay_s"] for e in events_of(sup, "restart_scheduled", "crash")]
+    assert delays == [1.0, 1.3, pytest.approx(1.69)]
+    gave_up = events_of(sup, "gave_up", "crash")
+    assert len(gave_up) == 1 and "max_restarts = 3" in str(gave_up[0]["reason"])
+    assert gave_up[0]["_cause"] == "policy"
+    assert sup.store.get("crash").runs == 4
+    status = next(t for t in anyio.run(sup.status).tasks if t.name == "crash")
+    assert status.error and "gave up" in status.error
+
+
+def test_clean_exit_policies(project: Project, monitors: list[subprocess.Popen[bytes]]) -> None:
+    project.write(
+        """
+        [tasks.once]
+        command = "echo done"
+        [tasks.again]
+        command = "echo done"
+        restart_policy = "always"
+        restart_backoff = 1.0
+        max_restarts = 2
+        [tasks.never]
+        command = "exit 3"
+        restart_policy = "no"
+        [tasks.long]
+        command = "sh -c 'sleep 1000'"
+        """
+    )
+    sup = project.supervisor()
+    run_monitor(project, monitors, sup)
+    anyio.run(lambda: sup.start(wait=False))
+    wait_until(lambda: sup.store.get("again").runs >= 3, timeout=20)
+    wait_until(lambda: len(events_of(sup, "exited", "never")) == 1, timeout=10)
+    assert sup.store.get("once").runs == 1
+    assert state_of(sup, "once") is TaskState.EXITED
+    assert sup.store.get("never").runs == 1
+    assert state_of(sup, "never") is TaskState.EXITED
+    assert sup.store.get("long").runs == 1
+    assert state_of(sup, "long") is TaskState.RUNNING
+    assert events_of(sup, "exited", "long") == []
+
+
+def test_health_failures_restart_only_after_the_start_period(
+    project: Project, monitors: list[subprocess.Popen[bytes]]
+) -> None:
+    project.write(
+        """
+        [tasks.api]
+        command = "sleep 1000"
+        health_check = "exit 1"
+        health_interval = 0.3
+        health_retries = 2
+        health_start_period = 3
+        restart_backoff = 1.0
+        """
+    )
+    sup = project.supervisor()
+    run_monitor(project, monitors, sup)
+    anyio.run(lambda: sup.start(wait=False))
+    started = sup.store.get("api").started_at
+    assert started is not None
+    wait_until(lambda: len(sup.store.get("api").checks) >= 3, timeout=10)
+    record = sup.store.get("api")
+    assert record.runs == 1 and record.health_failures == 0
+    assert [c for c in record.checks if not c.healthy and c.at - started < 3]
+    wait_until(lambda: sup.store.get("api").runs >= 2, timeout=20)
+    restart = events_of(sup, "restart_scheduled", "api")[0]
+    assert "health" in str(restart["reason"])
+    assert restart["_time"] - started >= 3.0
+    changed = events_of(sup, "health_changed", "api")
+    assert changed and changed[0]["health"] == "unhealthy" and changed[0]["_cause"] == "health"
+
+
+def test_stop_from_another_process_is_respected(
+    project: Project, monitors: list[subprocess.Popen[bytes]]
+) -> None:
+    project.write(
+        """
+        [tasks.api]
+        command = "sleep 1000"
+        restart_policy = "always"
+        restart_backoff = 1.0
+        [tasks.web]
+        command = "sleep 1000"
+        restart_policy = "always"
+        restart_backoff = 1.0
+        [tasks.canary]
+        command = "sleep 0.3; exit 1"
+        restart_backoff = 1.0
+        max_restarts = 0
+        """
+    )
+    sup = project.supervisor()
+    run_monitor(project, monitors, sup)
+    assert anyio.run(lambda: sup.start(["api", "web"], timeout=10)).ok
+    assert project.cli("stop", "api").returncode == 0
+    assert project.cli("kill", "web").returncode == 0
+    monitors[0].send_signal(signal.SIGTERM)
+    monitors[0].wait(timeout=10)
+    run_monitor(project, monitors, sup)
+    anyio.run(lambda: sup.start(["canary"], wait=False))
+    # The canary crashing and being restarted twice proves the new monitor has swept since.
+    wait_until(lambda: sup.store.get("canary").runs >= 3, timeout=20)
+    assert state_of(sup, "api") is TaskState.STOPPED
+    assert state_of(sup, "web") is TaskState.STOPPED
+    assert sup.store.get("api").runs == 1 and sup.store.get("web").runs == 1
+
+
+def test_one_monitor_acts_and_another_takes_over_after_sigkill(
+    project: Project, monitors: list[subprocess.Popen[bytes]]
+) -> None:
+    project.write(
+        """
+        [tasks.flaky]
+        command = "sleep 1000"
+        restart_backoff = 1.0
+        max_restarts = 0
+        [tasks.canary]
+        command = "sleep 0.3; exit 1"
+        restart_backoff = 1.0
+        max_restarts = 0
+        auto_start = false
+        """
+    )
+    sup = project.supervisor()
+    first = run_monitor(project, monitors, sup)
+    second = spawn_monitor(project, monitors)
+    assert anyio.run(lambda: sup.start(timeout=10)).ok
+    assert acting_pid(sup) == first
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: acting_pid(sup) == second.pid, timeout=2.5, interval=0.05)
+    pid = next(t.pid for t in anyio.run(sup.status).tasks if t.name == "flaky")
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: sup.store.get("flaky").runs == 2, timeout=10)
+    anyio.run(lambda: sup.start(["canary"], wait=False))
+    wait_until(lambda: sup.store.get("canary").runs >= 3, timeout=20)
+    assert sup.store.get("flaky").runs == 2, "restarted twice"
+    assert len(events_of(sup, "restarted", "flaky")) == 1
+    assert len(events_of(sup, "exited", "flaky")) == 1
+
+
+def test_tmux_server_death_brings_tasks_back(
+    project: Project, monitors: list[subprocess.Popen[bytes]]
+) -> None:
+    project.write(
+        """
+        [tasks.api]
+        command = "sleep 1000"
+        restart_backoff = 1.0
+        [tasks.stopped]
+        command = "sleep 1000"
+        """
+    )
+    sup = project.supervisor()
+    run_monitor(project, monitors, sup)
+    assert anyio.run(lambda: sup.start(timeout=10)).ok
+    assert anyio.run(lambda: sup.stop(["stopped"])).ok
+    project.server.kill()
+    wait_until(lambda: state_of(sup, "api") is TaskState.RUNNING and sup.store.get("api").runs == 2,
+               timeout=15, interval=0.2)  # fmt: skip
+    assert state_of(sup, "stopped") is TaskState.STOPPED
+    exited = events_of(sup, "exited", "api")
+    assert exited and exited[-1]["vanished"] is True
+    assert sup.store.get("api").total_restarts == 1
+
+
+def test_invalid_config_is_kept_out_then_picked_up(
+    project: Project, monitors: list[subprocess.Popen[bytes]]
+) -> None:
+    path = project.write(
+        """
+        [tasks.api]
+        command = "sleep 1000"
+        """
+    )
+    sup = project.supervisor()
+    run_monitor(project, monitors, sup)
+    assert anyio.run(lambda: sup.start(timeout=10)).ok
+    pid = next(t.pid for t in anyio.run(sup.status).tasks)
+    path.write_text('[tasks.api]\ncommand = "sleep 1000"\nbogus_key = 1\n')
+    wait_until(lambda: events_of(sup, "config_invalid"), timeout=10)
+    assert "bogus_key" in str(events_of(sup, "config_invalid")[0]["errors"])
+    assert next(t.pid for t in anyio.run(sup.status).tasks) == pid
+    path.write_text('[tasks.api]\ncommand = "sleep 1000"\n[tasks.added]\ncommand = "sleep 999"\n')
+    wait_until(lambda: events_of(sup, "config_reloaded"), timeout=10)
+    fresh = project.supervisor()
+    wait_until(lambda: state_of(fresh, "added") is TaskState.RUNNING, timeout=10)
+    assert next(t.pid for t in anyio.run(fresh.status).tasks if t.name == "api") == pid
+
+
+def test_save_by_rename_restarts_only_changed_tasks(
+    project: Project, monitors: list[subprocess.Popen[bytes]]
+) -> None:
+    path = project.write(
+        """
+        [tasks.keep]
+        command = "sleep 1000"
+        [tasks.change]
+        command = "sleep 1000"
+        [tasks.drop]
+        command = "sleep 1000"
+        """
+    )
+    sup = project.supervisor()
+    run_monitor(project, monitors, sup)
+    assert anyio.run(lambda: sup.start(timeout=10)).ok
+    before = {t.name: t.pid for t in anyio.run(sup.status).tasks}
+    tmp = path.with_name(".taskmux.toml.swp")
+    tmp.write_text('[tasks.keep]\ncommand = "sleep 1000"\n[tasks.change]\ncommand = "sleep 1001"\n')
+    os.replace(tmp, path)
+    fresh = project.supervisor()
+
+    def applied() -> bool:
+        now = {t.name: t for t in anyio.run(fresh.status).tasks}
+        change = now.get("change")
+        return change is not None and change.pid not in (None, before["change"])
+
+    wait_until(applied, timeout=15, interval=0.2)
+    after = {t.name: t.pid for t in anyio.run(fresh.status).tasks}
+    assert after["keep"] == before["keep"]
+    assert "drop" not in after
+    assert before["drop"] not in project.task_pids()
+    reloaded = events_of(sup, "config_reloaded")
+    assert reloaded[0]["changed"] == ["change"] and reloaded[0]["removed"] == ["drop"]
+
+
+def test_deleted_cwd_backs_off_without_runaway_spawning(
+    project: Project, monitors: list[subprocess.Popen[bytes]]
+) -> None:
+    (project.root / "app").mkdir()
+    project.write(
+        """
+        [tasks.app]
+        command = "sleep 1000"
+        cwd = "app"
+        restart_backoff = 2.0
+        max_restarts = 3
+        """
+    )
+    sup = project.supervisor()
+    run_monitor(project, monitors, sup)
+    assert anyio.run(lambda: sup.start(timeout=10)).ok
+    (project.root / "app").rmdir()
+    pid = next(t.pid for t in anyio.run(sup.status).tasks)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: state_of(sup, "app") is TaskState.FAILED, timeout=30, interval=0.2)
+    scheduled = events_of(sup, "restart_scheduled", "app")
+    assert [e["delay_s"] for e in scheduled] == [1.0, 2.0, 4.0]
+    assert all("does not exist" in str(e["reason"]) for e in scheduled[1:])
+    assert sup.store.get("app").runs == 1, "a spawn was attempted without its cwd"
