@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -253,3 +255,43 @@ def test_hosted_monitor_ends_with_the_last_task_window(project: Project) -> None
     assert project.cli("kill", "api").returncode == 0
     wait_until(lambda: windows() == [], timeout=15, interval=0.2)
     assert project.server.cmd("has-session", "-t", "=ends", check=False).returncode != 0
+
+
+def test_logs_grep_events_and_follow(project: Project) -> None:
+    project.write(
+        """
+        [tasks.api]
+        command = "for i in 1 2 3; do echo \\"req $i ok\\"; done; echo 'ERROR db down'; sleep 1000"
+        [tasks.ticker]
+        command = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"
+        """
+    )
+    assert project.cli("start").returncode == 0
+    wait_until(lambda: "ERROR db down" in project.cli("logs", "api").stdout)
+    grep = project.cli("--json", "grep", "error", "-i", "-C", "1")
+    assert grep.returncode == 0, grep.stderr
+    matches = json.loads(grep.stdout)["matches"]
+    assert [(m["task"], m["line"], m["before"]) for m in matches] == [
+        ("api", "ERROR db down", ["req 3 ok"])
+    ]
+    assert project.cli("grep", "no-such-thing-anywhere").returncode == 1
+    events = json.loads(project.cli("--json", "events", "-n", "10").stdout)["events"]
+    assert {(e["type"], e["task"], e["cause"]) for e in events} >= {
+        ("started", "api", "user"),
+        ("started", "ticker", "user"),
+    }
+    exe = Path(sys.executable).with_name("taskmux")
+    follow = subprocess.Popen(
+        [str(exe), "--project", str(project.root), "logs", "-f", "ticker", "-n", "1"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=project.env,
+    )
+    try:
+        assert follow.stdout is not None
+        seen = [follow.stdout.readline().strip() for _ in range(4)]
+        numbers = [int(line.split()[-1]) for line in seen]
+        assert numbers == sorted(numbers) and len(set(numbers)) == 4, seen
+    finally:
+        follow.terminate()
+        follow.wait(timeout=10)
