@@ -11,7 +11,7 @@ import shutil
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
 from pydantic import BaseModel
@@ -31,7 +31,11 @@ from .models import (
 )
 from .supervisor import Supervisor
 
+if TYPE_CHECKING:
+    from .project import ProjectHandle
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+MCP_CLIENTS = ("claude", "codex", "cursor", "opencode", "gemini", "vscode", "windsurf", "zed")
 T = TypeVar("T")
 
 
@@ -428,8 +432,14 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """check: validate taskmux.toml, cwds and executables."""
+    from .errors import ConfigProblem
+    from .tmux import version_problem
+
     cfg = load_project(args)
     problems = configuration.runtime_problems(cfg)
+    tmux_problem = version_problem()
+    if tmux_problem:
+        problems.append(ConfigProblem(tmux_problem))
     if args.json:
         print(
             json.dumps(
@@ -505,6 +515,51 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     from .mcp_server import serve
 
     return serve(project=args.project, config=args.config, tmux_socket=tmux_socket(args))
+
+
+def _project_dir(args: argparse.Namespace) -> Path:
+    """The project folder: --project, else the discovered taskmux.toml's folder, else the cwd."""
+    if args.project:
+        return Path(args.project).resolve()
+    try:
+        return _config_path(args).parent
+    except ConfigError:
+        return Path.cwd()
+
+
+def cmd_mcp_config(args: argparse.Namespace) -> int:
+    """mcp-config CLIENT [--write]: print or merge the MCP registration for a client."""
+    from .agent_configs import run_mcp_config
+
+    return run_mcp_config(args.client, _project_dir(args), write=args.write, as_json=args.json)
+
+
+def _handle(args: argparse.Namespace) -> ProjectHandle:
+    from .project import ProjectHandle
+
+    return ProjectHandle(
+        project=args.project,
+        config=args.config,
+        tmux_socket=tmux_socket(args),
+        cause=Cause.USER,
+        host_monitor=hosted_monitor_enabled(),
+    )
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    """bridge [--host H] [--port P] [--allow-remote]: the WebSocket JSON-RPC bridge."""
+    from .bridge import serve_bridge
+
+    return serve_bridge(
+        _handle(args), host=args.host, port=args.port, allow_remote=args.allow_remote
+    )
+
+
+def cmd_bridge_call(args: argparse.Namespace) -> int:
+    """bridge-call METHOD [JSON]: one JSON-RPC call to the running bridge."""
+    from .bridge import run_bridge_call
+
+    return run_bridge_call(_handle(args), args.method, args.params, as_json=args.json)
 
 
 # ------------------------------------------------------------------ parser
@@ -600,6 +655,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("monitor", cmd_monitor, "run the monitor in the foreground")
     p.add_argument("--hosted", action="store_true", help=argparse.SUPPRESS)
     command("mcp", cmd_mcp, "run the stdio MCP server (same as taskmux-mcp)")
+    p = command("bridge", cmd_bridge, "serve the operations over a WebSocket (JSON-RPC 2.0)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="0 picks a free port (default 8765)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --host (anyone with the token gets in)")  # fmt: skip
+    p = command("bridge-call", cmd_bridge_call, "call one method of the running bridge")
+    p.add_argument("method", metavar="METHOD")
+    p.add_argument(
+        "params", nargs="?", metavar="JSON", help='params object, e.g. \'{"tasks":["api"]}\''
+    )
+    p = command("mcp-config", cmd_mcp_config, "print (or --write) an agent's MCP registration")
+    p.add_argument("client", metavar="CLIENT", choices=MCP_CLIENTS,
+                   help=", ".join(MCP_CLIENTS))  # fmt: skip
+    p.add_argument("--write", action="store_true", help="merge it into the client's config file")
     return parser
 
 

@@ -196,4 +196,5 @@ class InspectResult(BaseModel):
     total_restarts: int = 0
     runs: int = 0
     log_path: str
+    log_tail: list[str] = Field(default_factory=list, description="last lines of the last run")
     recent_events: list[EventRecord] = Field(default_factory=list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import signal
@@ -29,7 +30,9 @@ POLL_S = 0.25
 SWEEP_S = 2.0
 STANDBY_POLL_S = 0.5
 IDLE_CHECK_POLLS = 10
+LAUNCH_S = 10.0
 CONFIG_DEBOUNCE_S = 0.3
+CHANGE_EVENTS = frozenset({"modified", "created", "moved", "deleted", "closed"})
 
 
 class MonitorLock:
@@ -81,6 +84,8 @@ class ConfigWatcher:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type not in CHANGE_EVENTS:
+                    return  # reads of the file (opened, closed without writing) change nothing
                 paths = [event.src_path, getattr(event, "dest_path", "")]
                 if any(os.path.basename(str(p)) == target for p in paths if p):
                     watcher._touch()
@@ -131,6 +136,7 @@ class Monitor:
         self._due: float | None = None
         self._records_stamp = 0
         self._invalid_config: str | None = None
+        self._config_digest: str | None = self._digest(supervisor.config.config_path)
         self._stop = anyio.Event()
 
     @property
@@ -165,6 +171,13 @@ class Monitor:
             return False
         return all(self.sup.store.get(name).restart_at is None for name in self.sup.config.tasks)
 
+    @staticmethod
+    def _digest(path: Path) -> str | None:
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+
     def stop(self) -> None:
         """Ask the loop to end."""
         self._stop.set()
@@ -179,20 +192,25 @@ class Monitor:
                 last_sweep = 0.0
                 while True:
                     now = time.monotonic()
-                    due = self._due is not None and time.time() >= self._due
-                    if (
-                        now - last_sweep >= SWEEP_S
-                        or due
-                        or self._records_changed()
-                        or (self._pid_vanished())
-                    ):
+                    try:
+                        due = self._due is not None and time.time() >= self._due
+                        if (
+                            now - last_sweep >= SWEEP_S
+                            or due
+                            or self._records_changed()
+                            or self._pid_vanished()
+                        ):
+                            last_sweep = now
+                            if await self.sweep(group) and self.exit_when_idle:
+                                group.cancel_scope.cancel()
+                                return
+                        self._schedule_checks(group)
+                        if watcher is not None and watcher.settled():
+                            await self.reload_config()
+                    except Exception:
+                        # Nothing a task, tmux or the config does may end the monitor.
+                        log.exception("monitor pass failed; going on")
                         last_sweep = now
-                        if await self.sweep(group) and self.exit_when_idle:
-                            group.cancel_scope.cancel()
-                            return
-                    self._schedule_checks(group)
-                    if watcher is not None and watcher.settled():
-                        await self.reload_config()
                     await anyio.sleep(POLL_S)
         finally:
             if watcher is not None:
@@ -217,14 +235,17 @@ class Monitor:
 
     async def sweep(self, group: anyio.abc.TaskGroup) -> bool:
         """Observe every task once and act on what changed; True when the project is idle."""
-        snap = await self.sup.tmux.snapshot()
         config = self.sup.config
+        # Records first: a task launched after this read shows up as a newer run, never as
+        # a pane that vanished.
+        records = {name: self.sup.store.get(name) for name in config.tasks}
+        snap = await self.sup.tmux.snapshot()
         now = time.time()
         self._known_pids = {}
         self._due = None
         idle = True
         for name, task in config.tasks.items():
-            record = self.sup.store.get(name)
+            record = records[name]
             pane = snap.panes.get(name)
             alive = pane is not None and not pane.dead
             if alive and pane is not None and pane.pid:
@@ -251,6 +272,8 @@ class Monitor:
                 continue
             if record.runs <= record.handled_run or record.stopping or name in self._restarting:
                 continue
+            if pane is None and record.pid is None and now - (record.started_at or 0) < LAUNCH_S:
+                continue  # being launched right now by some process
             if pane is None:
                 observation = Observation(Seen.VANISHED)
             else:
@@ -310,17 +333,23 @@ class Monitor:
 
     async def _restart(self, name: str) -> None:
         try:
-            record = self.sup.store.get(name)
-            if record.restart_at is None or record.manually_stopped:
-                return
-            try:
-                pane = await self.sup.launch(name, Cause.POLICY, automatic=True)
-                if pane.pid:
-                    self._known_pids[name] = pane.pid
-            except TaskmuxError as exc:
-                self._launch_failed(name, str(exc))
+            await self._restart_now(name)
+        except Exception:
+            log.exception("restart of %s failed", name)
         finally:
             self._restarting.discard(name)
+
+    async def _restart_now(self, name: str) -> None:
+        record = self.sup.store.get(name)
+        if record.restart_at is None or record.manually_stopped:
+            return
+        try:
+            pane = await self.sup.launch(name, Cause.POLICY, automatic=True)
+        except TaskmuxError as exc:
+            self._launch_failed(name, str(exc))
+            return
+        if pane.pid:
+            self._known_pids[name] = pane.pid
 
     def _launch_failed(self, name: str, error: str) -> None:
         record = self.sup.store.update(name, restart_at=None)
@@ -373,8 +402,8 @@ class Monitor:
             after = self.sup.store.get(name)
             if after.health == Health.UNHEALTHY and before != Health.UNHEALTHY:
                 await self._unhealthy(name, after.runs)
-        except TaskmuxError as exc:
-            log.warning("health check of %s failed to run: %s", name, exc)
+        except Exception:
+            log.exception("health check of %s failed to run", name)
         finally:
             self._checking.discard(name)
 
@@ -394,6 +423,10 @@ class Monitor:
     async def reload_config(self) -> None:
         """Load taskmux.toml again and apply the difference; keep the old config when invalid."""
         old = self.sup.config
+        digest = self._digest(old.config_path)
+        if digest is not None and digest == self._config_digest:
+            return
+        self._config_digest = digest
         try:
             new = load_config(old.config_path)
         except ConfigError as exc:
@@ -427,6 +460,8 @@ async def apply_config(sup: Supervisor, old: ProjectConfig, new: ProjectConfig) 
     changed = [
         name for name in new.tasks if name in old.tasks and new.tasks[name] != old.tasks[name]
     ]
+    if new == old:
+        return
     if removed:
         await sup.stop(removed, cause=Cause.CONFIG)
         await sup.kill(removed, cause=Cause.CONFIG)

@@ -255,6 +255,8 @@ class Supervisor:
                     "health": Health.UNKNOWN.value,
                     "health_failures": 0,
                     "healthy_since": None,
+                    "pid": None,
+                    "pane_id": None,
                 }
             )
 
@@ -357,6 +359,7 @@ class Supervisor:
                     deadline=deadline,
                     cause=cause,
                     progress=progress,
+                    requested=name in requested,
                 )
             finally:
                 done[name].set()
@@ -413,6 +416,7 @@ class Supervisor:
         deadline: float,
         cause: Cause,
         progress: Progress | None,
+        requested: bool,
     ) -> TaskResult:
         task = self.config.task(name)
         began = time.monotonic()
@@ -442,6 +446,15 @@ class Supervisor:
         snap = await self.tmux.snapshot()
         pane = snap.panes.get(name)
         action = "already_running"
+        if not requested and pane is not None and pane.dead and self._completed(name, pane):
+            return TaskResult(
+                name=name,
+                ok=True,
+                action="already_done",
+                state=TaskState.EXITED,
+                exit_code=0,
+                duration_s=0.0,
+            )
         if pane is None or pane.dead:
             action = "started"
             try:
@@ -469,6 +482,17 @@ class Supervisor:
         if progress is not None:
             await progress(f"{name}: {result.state.value}")
         return result
+
+    def _completed(self, name: str, pane: Pane) -> bool:
+        """A one-shot dependency whose last run succeeded: it is not run again for a dependent."""
+        record = self.store.get(name)
+        return (
+            is_one_shot(self.config.task(name))
+            and pane.exit_status == 0
+            and pane.exit_signal is None
+            and not record.manually_stopped
+            and record.failed is None
+        )
 
     def _observe(self, name: str, snap: Snapshot) -> Observed:
         return observe(self.config.task(name), self.store.get(name), snap.panes.get(name))
@@ -908,6 +932,7 @@ class Supervisor:
             total_restarts=record.total_restarts,
             runs=record.runs,
             log_path=str(self.logs.path(name)),
+            log_tail=self.logs.last_run_lines(name, LOG_TAIL_LINES),
             recent_events=self.events.read(task=name, limit=10).events,
         )
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import secrets
 import shutil
+import signal
+import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import libtmux
+import psutil
 
 from .errors import TmuxError
 
@@ -19,6 +24,7 @@ TASK_OPTION = "@taskmux_task"
 WINDOW_SIZE = ("220", "50")
 
 _FIELDS = (
+    "pid",
     "session_name",
     PROJECT_OPTION,
     "window_id",
@@ -67,6 +73,18 @@ def _int(text: str) -> int | None:
     return int(text) if text.lstrip("-").isdigit() else None
 
 
+def _running(pid: int | None) -> bool:
+    """Whether pid is a live process (not a zombie waiting to be reaped)."""
+    if pid is None:
+        return False
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+
+
 class TmuxBackend:
     """tmux access for one project, identified by its key (not by session or window names)."""
 
@@ -74,46 +92,66 @@ class TmuxBackend:
         self.project_key = project_key
         self.session_name = session_name
         self.socket_name = socket_name or "default"
-        self._server = libtmux.Server(socket_name=self.socket_name)
-        self._checked = False
 
-    def _check_available(self) -> None:
-        if self._checked:
-            return
-        if shutil.which("tmux") is None:
+    def _call(self, args: Sequence[str]) -> tuple[int, list[str], str]:
+        """One tmux process on this project's server: (status, stdout lines, stderr)."""
+        binary = shutil.which("tmux")
+        if binary is None:
             raise TmuxError("tmux is not installed or not on PATH (taskmux needs tmux >= 3.2)")
-        self._checked = True
+        # -L always: an inherited $TMUX must not pick another server than the one configured.
+        env = {key: value for key, value in os.environ.items() if key != "TMUX"}
+        done = subprocess.run(
+            [binary, "-L", self.socket_name, *args],
+            capture_output=True,
+            text=True,
+            errors="backslashreplace",
+            env=env,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        return done.returncode, done.stdout.splitlines(), done.stderr.strip()
 
     def run(self, *args: str) -> list[str]:
         """Run one tmux command sequence; return its stdout lines; raise TmuxError on failure."""
-        self._check_available()
-        try:
-            result = self._server.cmd(*args)
-        except libtmux.exc.TmuxCommandNotFound as exc:
-            raise TmuxError("tmux is not installed or not on PATH") from exc
-        if result.returncode != 0:
-            message = "; ".join(result.stderr) or f"tmux exited {result.returncode}"
+        status, lines, errors = self._call(args)
+        if status != 0:
+            message = errors.replace("\n", "; ") or f"tmux exited {status}"
             raise TmuxError(f"tmux {args[0]} failed: {message}")
-        return list(result.stdout)
+        return lines
 
     def snapshot_sync(self) -> Snapshot:
-        """Every pane of this project and which session names are taken, in one tmux spawn."""
-        self._check_available()
-        result = self._server.cmd("list-panes", "-a", "-F", _FORMAT)
-        if result.returncode != 0:
-            message = "; ".join(result.stderr)
+        """Every pane of this project and which session names are taken, in one tmux spawn.
+
+        A second spawn happens only to recover an exit status tmux failed to collect.
+        """
+        snapshot, unreaped, server_pid = self._list_panes()
+        if unreaped and server_pid:
+            # tmux 3.3 can miss a SIGCHLD when panes die together, leaving a zombie whose
+            # status it never reads; another SIGCHLD makes it reap, then ask again.
+            with contextlib.suppress(OSError):
+                os.kill(server_pid, signal.SIGCHLD)
+                time.sleep(0.02)
+                snapshot, _, _ = self._list_panes()
+        return snapshot
+
+    def _list_panes(self) -> tuple[Snapshot, bool, int | None]:
+        status, lines, message = self._call(["list-panes", "-a", "-F", _FORMAT])
+        if status != 0:
             if _NO_SERVER.search(message) or not message:
-                return Snapshot(server_running=False, session=None)
+                return Snapshot(server_running=False, session=None), False, None
             raise TmuxError(f"tmux list-panes failed: {message}")
         panes: dict[str, Pane] = {}
         ours: str | None = None
         in_use: set[str] = set()
         owners: dict[str, str] = {}
-        for line in result.stdout:
+        unreaped = False
+        server_pid: int | None = None
+        for line in lines:
             parts = line.split(_SEP)
             if len(parts) != len(_FIELDS):
                 continue
             row = dict(zip(_FIELDS, parts, strict=True))
+            server_pid = _int(row["pid"])
             session = row["session_name"]
             in_use.add(session)
             owners.setdefault(session, row[PROJECT_OPTION])
@@ -123,14 +161,20 @@ class TmuxBackend:
             task = row[TASK_OPTION]
             if not task or task in panes:
                 continue
+            pid = _int(row["pane_pid"])
+            known_end = row["pane_dead_status"] != "" or row["pane_dead_signal"] != ""
+            # A pane is dead once its pty closed, but its process may still run (it closed
+            # the terminal) or wait to be reaped: it has ended only when tmux knows how.
+            dead = row["pane_dead"] == "1" and (known_end or not _running(pid))
+            unreaped = unreaped or (row["pane_dead"] == "1" and not known_end)
             dead_time = _int(row["pane_dead_time"])
             panes[task] = Pane(
                 task=task,
                 session=session,
                 window_id=row["window_id"],
                 pane_id=row["pane_id"],
-                pid=_int(row["pane_pid"]),
-                dead=row["pane_dead"] == "1",
+                pid=pid,
+                dead=dead,
                 exit_status=_int(row["pane_dead_status"]),
                 exit_signal=_int(row["pane_dead_signal"]),
                 dead_time=float(dead_time) if dead_time is not None else None,
@@ -138,13 +182,14 @@ class TmuxBackend:
         foreign = None
         if ours is None and self.session_name in owners:
             foreign = owners[self.session_name] or "(a session not made by taskmux)"
-        return Snapshot(
+        snapshot = Snapshot(
             server_running=True,
             session=ours,
             panes=panes,
             sessions_in_use=frozenset(in_use),
             foreign_owner=foreign,
         )
+        return snapshot, unreaped, server_pid
 
     async def snapshot(self) -> Snapshot:
         """Async form of snapshot_sync."""
@@ -249,3 +294,16 @@ class TmuxBackend:
     async def kill_window(self, window_id: str) -> None:
         """Remove a task's window."""
         await anyio.to_thread.run_sync(lambda: self.run("kill-window", "-t", window_id))
+
+
+def version_problem(minimum: str = "3.2") -> str | None:
+    """Why the tmux on PATH cannot serve taskmux, or None when it can."""
+    import libtmux.common  # only `taskmux check` needs it: keeps other commands fast
+
+    try:
+        if libtmux.common.has_gte_version(minimum):
+            return None
+        found = libtmux.common.get_version()
+    except Exception as exc:  # libtmux raises its own types for a missing or odd tmux
+        return f"tmux is not usable: {exc}"
+    return f"tmux {found} is too old; taskmux needs tmux >= {minimum}"

@@ -295,3 +295,46 @@ def test_logs_grep_events_and_follow(project: Project) -> None:
     finally:
         follow.terminate()
         follow.wait(timeout=10)
+
+
+def test_mcp_config_clients_match_the_renderer(project: Project) -> None:
+    from taskmux_mcp.agent_configs import CLIENTS
+    from taskmux_mcp.cli import MCP_CLIENTS
+
+    assert tuple(CLIENTS) == MCP_CLIENTS
+    project.write('[tasks.api]\ncommand = "sleep 1"\n')
+    proc = project.cli("mcp-config", "claude")
+    assert proc.returncode == 0, proc.stderr
+    entry = json.loads(proc.stdout)["mcpServers"]["taskmux"]
+    assert entry["args"] == ["--project", str(project.root)]
+    assert entry["command"].endswith("taskmux-mcp")
+
+
+def test_bridge_and_bridge_call_from_the_cli(project: Project) -> None:
+    import signal
+
+    project.write('[tasks.api]\ncommand = "sleep 1000"\n')
+    exe = Path(sys.executable).with_name("taskmux")
+    bridge = subprocess.Popen(
+        [str(exe), "--project", str(project.root), "bridge", "--port", "0"],
+        env=project.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        info = wait_until(lambda: list(project.state_dir.glob("*/bridge.json")), timeout=20)[0]
+        assert stat.S_IMODE(info.stat().st_mode) == 0o600
+        started = project.cli("bridge-call", "start", '{"tasks": ["api"]}')
+        assert started.returncode == 0, started.stderr
+        assert json.loads(started.stdout)["ok"] is True
+        shown = project.cli("bridge-call", "status")
+        assert json.loads(shown.stdout)["tasks"][0]["state"] == "running"
+        bad = project.cli("bridge-call", "start", '{"tasks": ["nope"]}')
+        assert bad.returncode == 1 and "known tasks: api" in (bad.stdout + bad.stderr)
+        assert project.cli("bridge-call", "status", "{not json").returncode == 2
+        assert project.cli("bridge", "--host", "0.0.0.0", "--port", "0").returncode == 2
+    finally:
+        bridge.send_signal(signal.SIGTERM)
+        assert bridge.wait(timeout=15) == 0
+    assert not info.exists()

@@ -424,3 +424,29 @@ def test_env_and_cwd_reach_the_task_and_do_not_leak_to_others(project: Project) 
     second = wait_until(lambda: sup.read_logs("second", since="start").lines)
     assert first[-1].text == f"first=s3cr3t in {project.root / 'sub'}"
     assert second[-1].text == "second=unset marker=second"
+
+
+def test_restart_does_not_rerun_a_completed_one_shot_dependency(project: Project) -> None:
+    project.write(
+        """
+        [tasks.setup]
+        command = "echo migrating >> runs.txt"
+        restart_policy = "no"
+        [tasks.api]
+        command = "echo api up; sleep 1000"
+        depends_on = ["setup"]
+        """
+    )
+    sup = project.supervisor()
+    assert anyio.run(lambda: sup.start(timeout=10)).ok
+    restarted = anyio.run(lambda: sup.restart(["api"], timeout=10))
+    assert restarted.ok, restarted
+    by_name = {t.name: t for t in restarted.tasks}
+    assert by_name["setup"].action == "already_done"
+    assert by_name["api"].log_tail == ["api up"]
+    assert (project.root / "runs.txt").read_text() == "migrating\n"
+    again = anyio.run(lambda: sup.start(["setup"], timeout=10))
+    assert again.ok and again.tasks[0].action == "exited"
+    assert (project.root / "runs.txt").read_text() == "migrating\nmigrating\n"
+    inspected = anyio.run(lambda: sup.inspect("api"))
+    assert inspected.log_tail == ["api up"]
