@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from .errors import TaskmuxError
+from .state import write_atomic
 
 SERVER_KEY = "taskmux"
 PLACEHOLDER_PROJECT = "/path/to/your/project"
@@ -281,21 +280,6 @@ def _merge_toml(spec: ClientSpec, path: Path, text: str, entry: dict[str, Any]) 
     return tomlkit.dumps(doc)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def merge(client: str, project_dir: Path, command: str | None = None) -> Path:
     """Add or replace the taskmux entry in the client's file, keeping everything else."""
     spec = _spec(client)
@@ -310,7 +294,7 @@ def merge(client: str, project_dir: Path, command: str | None = None) -> Path:
         new = _merge_toml(spec, path, text, entry)
     else:
         new = _merge_json(spec, path, text, entry)
-    _write_atomic(path, new)
+    write_atomic(path, new.encode("utf-8"), mode=None)
     return path
 
 

@@ -262,8 +262,7 @@ def format_inspect(result: InspectResult) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     """status / ls / list."""
     sup = open_supervisor(args)
-    result = _run(sup.status)
-    _emit(args, result, format_status)
+    _emit(args, sup.status_sync(), format_status)
     return EXIT_OK
 
 

@@ -11,7 +11,6 @@ import os
 import re
 import shlex
 import shutil
-import tempfile
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
@@ -29,6 +28,7 @@ from taskmux_mcp.errors import (
     ProjectNotFound,
     UnknownTask,
 )
+from taskmux_mcp.state import write_atomic
 
 CONFIG_FILENAME = "taskmux.toml"
 PROJECT_ENV_VAR = "TASKMUX_PROJECT"
@@ -849,26 +849,10 @@ def _commit(path: Path, preferred: str | None, fallback: str, bom: bool) -> Proj
             pass
     result = parse_config(text, path)
     try:
-        _write_atomic(path, ("\ufeff" if bom else "") + text)
+        write_atomic(path, (("\ufeff" if bom else "") + text).encode("utf-8"), mode=None)
     except OSError as exc:
         raise ConfigError(path, f"cannot write {path}: {exc.strerror or exc}") from None
     return result
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    target = path.resolve()
-    mode = target.stat().st_mode & 0o7777
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _toml_value(value: object) -> Any:

@@ -9,7 +9,6 @@ recorded by other processes by tailing the file.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import json
@@ -23,7 +22,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic import ValidationError
@@ -31,6 +30,9 @@ from pydantic import ValidationError
 from .errors import InvalidArgument
 from .logs import lines_backward, parse_since
 from .models import EventRecord, EventsResult
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +244,8 @@ class Subscription(AsyncIterator[EventRecord]):
             loop, wake = self._loop, self._wake
         if loop is None or wake is None:
             return
+        import asyncio  # loaded once a subscriber waits, not by every CLI call
+
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -299,6 +303,8 @@ class Subscription(AsyncIterator[EventRecord]):
         if self._closed:
             raise StopAsyncIteration
         if self._wake is None:
+            import asyncio
+
             wake = asyncio.Event()
             with self._lock:
                 self._loop, self._wake = asyncio.get_running_loop(), wake

@@ -6,7 +6,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel as PydanticModel
+from pydantic import ConfigDict, Field
+
+
+class BaseModel(PydanticModel):
+    """Base of the result shapes; schemas are built on first use (quick CLI start)."""
+
+    model_config = ConfigDict(defer_build=True)
 
 
 class TaskState(StrEnum):

@@ -57,6 +57,7 @@ READY_POLL_S = 0.2
 LOG_TAIL_LINES = 15
 LOG_SETTLE_S = 1.5
 RESTART_TAIL_LINES = 10
+INSPECT_EVENTS = 6
 Progress = Callable[[str], Awaitable[None]]
 
 
@@ -181,7 +182,11 @@ class Supervisor:
 
     async def status(self) -> StatusResult:
         """Every task's state, from one tmux call and the persisted records."""
-        snap = await self.tmux.snapshot()
+        return await anyio.to_thread.run_sync(self.status_sync)
+
+    def status_sync(self) -> StatusResult:
+        """Blocking form of status, for callers without an event loop."""
+        snap = self.tmux.snapshot_sync()
         tasks = [
             self._task_status(name, self.store.get(name), snap.panes.get(name))
             for name in self.config.tasks
@@ -909,7 +914,7 @@ class Supervisor:
             )
         return InspectResult(
             status=self._task_status(name, record, pane),
-            config=task.model_dump(mode="json"),
+            config=task.model_dump(mode="json", exclude_defaults=True),
             window_id=pane.window_id if pane else None,
             pane_id=pane.pane_id if pane else None,
             processes=[
@@ -933,7 +938,7 @@ class Supervisor:
             runs=record.runs,
             log_path=str(self.logs.path(name)),
             log_tail=self.logs.last_run_lines(name, LOG_TAIL_LINES),
-            recent_events=self.events.read(task=name, limit=10).events,
+            recent_events=self.events.read(task=name, limit=INSPECT_EVENTS).events,
         )
 
     def read_logs(

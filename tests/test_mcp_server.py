@@ -321,7 +321,8 @@ async def test_full_session(project: Project) -> None:
         assert inspected["status"]["pid"] == new_pid
         assert inspected["total_restarts"] == 1 and inspected["runs"] == 2
         assert any(p["pid"] == new_pid for p in inspected["processes"])
-        assert inspected["config"]["restart_policy"] == "on-failure"
+        assert inspected["config"]["name"] == "worker" and "command" in inspected["config"]
+        assert "restart_policy" not in inspected["config"]  # defaults are left out
         assert {e["type"] for e in inspected["recent_events"]} >= {"exited", "restarted"}
 
         health = await call(client, "health")
