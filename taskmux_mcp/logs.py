@@ -52,6 +52,7 @@ _TOKENS = re.compile(
     r"\x1b\[([0-?]*)[ -/]*([@-~])|\x1b(?:\][^\x07\x1b\n]*(?:\x07|\x1b\\)?"
     r"|[PX^_][^\x1b\n]*(?:\x1b\\)?|[ -/]*[0-~])?|\r|\x08|[^\x1b\r\x08]+"
 )
+MAX_PATTERN = 2000
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?\s*[smhd]\s*)+", re.IGNORECASE)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -71,16 +72,18 @@ def parse_since(value: str, now: datetime) -> datetime | Literal["start"]:
         return "start"
     if now.tzinfo is None:
         now = now.astimezone()
-    if _DURATION.fullmatch(text):
-        seconds = sum(
-            float(n) * _UNIT_SECONDS[unit.lower()] for n, unit in _DURATION_PART.findall(text)
-        )
-        return now - timedelta(seconds=seconds)
     try:
+        if _DURATION.fullmatch(text):
+            seconds = sum(
+                float(n) * _UNIT_SECONDS[unit.lower()] for n, unit in _DURATION_PART.findall(text)
+            )
+            return now - timedelta(seconds=seconds)
         moment = datetime.fromisoformat(text)
-    except ValueError:
+        moment = moment.astimezone() if moment.tzinfo is None else moment
+        moment.astimezone(UTC)  # a time that cannot be placed in UTC is of no use either
+    except (ValueError, OverflowError):
         raise InvalidArgument(f"invalid since {value!r}: use {_SINCE_FORMS}") from None
-    return moment.astimezone() if moment.tzinfo is None else moment
+    return moment
 
 
 def clean_text(raw: bytes) -> str:
@@ -161,7 +164,8 @@ def _last_key(fd: int, size: int) -> bytes | None:
 
 def _key(moment: datetime) -> bytes:
     """The stored timestamp form of a time, comparable bytewise with record keys."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+    utc = moment.astimezone(UTC).replace(tzinfo=None)
+    return (utc.isoformat(timespec="microseconds") + "Z").encode()
 
 
 def _time(key: bytes) -> datetime | None:
@@ -757,10 +761,15 @@ class LogStore:
         max_matches: int = 100,
     ) -> GrepResult:
         """Lines matching a Python regex in tasks' logs (rotated files too), oldest first."""
+        if len(pattern) > MAX_PATTERN:
+            raise InvalidArgument(f"the pattern is longer than {MAX_PATTERN} characters")
         try:
             rx = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
         except re.error as exc:
             raise InvalidArgument(f"invalid regular expression {pattern!r}: {exc}") from None
+        except (RecursionError, OverflowError, ValueError) as exc:
+            problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise InvalidArgument(f"regular expression not usable: {problem}") from None
         if context < 0 or max_matches < 1:
             raise InvalidArgument("context must be >= 0 and max_matches >= 1")
         context = min(context, MAX_CONTEXT)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from support import Project
+
 from taskmux_mcp.config import load_config
 from taskmux_mcp.init import NOTE_BEGIN, NOTE_END, detect_tasks, write_agent_note
 
