@@ -16,7 +16,17 @@ import anyio
 from .errors import HookFailed
 
 HOOK_TIMEOUT = 60.0
+HOOK_TIMEOUT_ENV = "TASKMUX_HOOK_TIMEOUT"
 OUTPUT_LIMIT = 4000
+
+
+def hook_timeout() -> float:
+    """The hooks' time limit: $TASKMUX_HOOK_TIMEOUT seconds when valid, else 60."""
+    try:
+        value = float(os.environ.get(HOOK_TIMEOUT_ENV, ""))
+    except ValueError:
+        return HOOK_TIMEOUT
+    return value if 0 < value <= 24 * 3600 else HOOK_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -92,12 +102,13 @@ async def run_hook(
     task: str | None,
     cwd: Path,
     env: Mapping[str, str],
-    timeout: float = HOOK_TIMEOUT,
+    timeout: float | None = None,
 ) -> ShellOutcome | None:
     """Run one hook if configured; raise HookFailed when it fails."""
     if not command:
         return None
-    outcome = await run_shell(command, cwd=cwd, env=env, timeout=timeout)
+    limit = hook_timeout() if timeout is None else timeout
+    outcome = await run_shell(command, cwd=cwd, env=env, timeout=limit)
     if not outcome.ok:
         raise HookFailed(hook, task, outcome.status, outcome.output[-1000:])
     return outcome

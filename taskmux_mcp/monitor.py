@@ -21,7 +21,8 @@ from .errors import ConfigError, TaskmuxError
 from .events import Cause, EventType
 from .models import Health
 from .policy import Action, Counters, Decision, Observation, Seen, decide, is_stable
-from .state import ExitRecord, MonitorLease, monitor_lock_path, write_atomic
+from .processes import is_running
+from .state import ExitRecord, MonitorLease, TaskRecord, monitor_lock_path, write_atomic
 from .supervisor import Supervisor
 
 log = logging.getLogger("taskmux.monitor")
@@ -250,6 +251,13 @@ class Monitor:
             alive = pane is not None and not pane.dead
             if alive and pane is not None and pane.pid:
                 self._known_pids[name] = pane.pid
+            if record.stopping and not is_running(record.stopping_pid):
+                record = self._interrupted_stop(name, record, alive=alive)
+                if record.restart_requested and name not in self._restarting:
+                    idle = False
+                    self._restarting.add(name)
+                    group.start_soon(self._complete_restart, name)
+                    continue
             if record.restart_at is not None:
                 idle = False
                 if now >= record.restart_at and name not in self._restarting:
@@ -330,6 +338,35 @@ class Monitor:
             self.sup.record_event(EventType.GAVE_UP, Cause.POLICY, name, reason=decision.reason)
         else:
             self.sup.store.update(name, handled_run=run, last_exit=last_exit)
+
+    def _interrupted_stop(self, name: str, record: TaskRecord, *, alive: bool) -> TaskRecord:
+        """Settle the marks of a stop or restart whose process died before it finished."""
+        if alive:
+            # The stop never took effect: the task runs, and its policy applies again.
+            handled = record.runs - 1 if record.restart_requested else record.handled_run
+            log.warning("a stop of %s was interrupted; it keeps running", name)
+            return self.sup.store.update(
+                name,
+                stopping=False,
+                stopping_pid=None,
+                restart_requested=False,
+                handled_run=min(handled, record.handled_run),
+            )
+        if record.restart_requested:
+            log.warning("a restart of %s was interrupted; completing it", name)
+            return record
+        return self.sup.store.update(name, stopping=False, stopping_pid=None)
+
+    async def _complete_restart(self, name: str) -> None:
+        try:
+            await self.sup.launch(name, Cause.POLICY)
+        except TaskmuxError as exc:
+            self.sup.store.update(name, stopping=False, stopping_pid=None, restart_requested=False)
+            self._launch_failed(name, str(exc))
+        except Exception:
+            log.exception("completing the restart of %s failed", name)
+        finally:
+            self._restarting.discard(name)
 
     async def _restart(self, name: str) -> None:
         try:

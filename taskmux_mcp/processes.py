@@ -65,6 +65,18 @@ def describe_signal(signum: int | None) -> str | None:
         return f"signal {signum}"
 
 
+def is_running(pid: int | None) -> bool:
+    """Whether pid is a live process (not a zombie waiting to be reaped)."""
+    if pid is None:
+        return False
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+
+
 def _protected_pids() -> set[int]:
     """Our own pid and every ancestor's: never signalled, never reported as a task's."""
     pids = {os.getpid(), 0, 1}

@@ -152,6 +152,10 @@ class TaskRecord(BaseModel):
     pid: int | None = None
     pane_id: str | None = None
     stopping: bool = Field(False, description="taskmux is stopping it: its exit is expected")
+    stopping_pid: int | None = Field(None, description="the process doing that stop")
+    restart_requested: bool = Field(
+        False, description="stopped by a restart whose start has not begun yet"
+    )
     last_exit: ExitRecord | None = None
     health: str = "unknown"
     health_failures: int = 0

@@ -255,6 +255,8 @@ class Supervisor:
                     "started_at": _now(),
                     "manually_stopped": False,
                     "stopping": False,
+                    "stopping_pid": None,
+                    "restart_requested": False,
                     "failed": None,
                     "restart_at": None,
                     "health": Health.UNKNOWN.value,
@@ -674,7 +676,9 @@ class Supervisor:
 
     # ---------------------------------------------------------------- stop / kill
 
-    async def stop(self, tasks: Sequence[str] = (), *, cause: Cause | None = None) -> ActionResult:
+    async def stop(
+        self, tasks: Sequence[str] = (), *, cause: Cause | None = None, for_restart: bool = False
+    ) -> ActionResult:
         """Stop tasks gracefully (all by default), dependents before their dependencies."""
         cause = cause or self.cause
         config = self.config
@@ -699,7 +703,7 @@ class Supervisor:
                 for other in names:
                     if other != name and name in config.task(other).depends_on:
                         await done[other].wait()
-                results[name] = await self._stop_one(name, cause)
+                results[name] = await self._stop_one(name, cause, for_restart=for_restart)
             finally:
                 done[name].set()
 
@@ -722,7 +726,9 @@ class Supervisor:
         """Stop a task's processes for the monitor (no manual-stop mark, no hooks)."""
         return await self._stop_one(name, cause, manual=False)
 
-    async def _stop_one(self, name: str, cause: Cause, *, manual: bool = True) -> TaskResult:
+    async def _stop_one(
+        self, name: str, cause: Cause, *, manual: bool = True, for_restart: bool = False
+    ) -> TaskResult:
         task = self.config.task(name)
         cwd = task.working_dir(self.config.root)
         env = self._env(name)
@@ -741,9 +747,9 @@ class Supervisor:
                     name=name, ok=False, action="not_stopped", state=seen.state, error=str(exc)
                 )
         if manual:
-            self._mark_stopped(name)
+            self._mark_stopped(name, for_restart=for_restart)
         else:
-            self.store.update(name, stopping=True)
+            self.store.update(name, stopping=True, stopping_pid=os.getpid())
         with anyio.CancelScope(shield=True):
             interrupt = self._interrupter(pane)
             outcome = await processes.stop_tree(
@@ -760,7 +766,8 @@ class Supervisor:
                 if alive and after is not None
                 else self.store.get(name).last_exit
             )
-            self.store.update(name, stopping=False, pid=None, last_exit=exit_record)
+            # A restart keeps `stopping` until its start begins: a monitor must not step in.
+            self.store.update(name, stopping=for_restart, pid=None, last_exit=exit_record)
         if alive or outcome.signal_used != "none":
             self.events.record(
                 EventType.STOPPED,
@@ -790,20 +797,40 @@ class Supervisor:
             duration_s=round(outcome.duration_s, 3),
         )
 
-    def _mark_stopped(self, name: str) -> None:
-        """Persist that a user stopped the task, so no monitor in any process revives it."""
+    def _mark_stopped(self, name: str, *, for_restart: bool = False) -> None:
+        """Persist that a user stopped the task, so no monitor in any process revives it.
+
+        For a restart the mark says so instead: a monitor completes a restart whose process
+        died before starting the task again.
+        """
         self.store.mutate(
             name,
             lambda r: r.model_copy(
                 update={
-                    "manually_stopped": True,
+                    "manually_stopped": not for_restart,
+                    "restart_requested": for_restart,
                     "stopping": True,
+                    "stopping_pid": os.getpid(),
                     "restart_at": None,
                     "failed": None,
                     "handled_run": r.runs,
                 }
             ),
         )
+
+    def _settle_restart(self, names: Iterable[str]) -> None:
+        """Drop this process's restart marks of tasks its start did not relaunch."""
+        me = os.getpid()
+
+        def settle(record: TaskRecord) -> TaskRecord:
+            if not (record.restart_requested and record.stopping_pid == me):
+                return record
+            return record.model_copy(
+                update={"restart_requested": False, "stopping": False, "stopping_pid": None}
+            )
+
+        for name in names:
+            self.store.mutate(name, settle)
 
     def _interrupter(self, pane: Pane | None) -> Callable[[], Awaitable[None]]:
         async def interrupt() -> None:
@@ -871,13 +898,17 @@ class Supervisor:
             ]
             if not names:
                 return ActionResult(ok=True, tasks=[], message="no task is running")
-        stopped = await self.stop(names, cause=cause)
-        failures = [r for r in stopped.tasks if not r.ok]
-        if failures:
-            return ActionResult(ok=False, tasks=stopped.tasks, message=_summary(failures))
-        started = await self.start(
-            names, wait=wait, timeout=timeout, cause=cause, progress=progress
-        )
+        try:
+            stopped = await self.stop(names, cause=cause, for_restart=True)
+            failures = [r for r in stopped.tasks if not r.ok]
+            if failures:
+                return ActionResult(ok=False, tasks=stopped.tasks, message=_summary(failures))
+            started = await self.start(
+                names, wait=wait, timeout=timeout, cause=cause, progress=progress
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                self._settle_restart(names)
         if wait:
             for result in started.tasks:
                 if result.ok and not result.log_tail:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import psutil
 
 from .errors import TmuxError
+from .processes import is_running
 
 PROJECT_OPTION = "@taskmux_project"
 TASK_OPTION = "@taskmux_task"
@@ -40,7 +40,9 @@ _FIELDS = (
 _SEP = "\x1f"
 ENV_BINARY = shutil.which("env") or "/usr/bin/env"
 _FORMAT = _SEP.join("#{" + name + "}" for name in _FIELDS)
-_NO_SERVER = re.compile(r"no server running|error connecting to|No such file or directory")
+_NO_SERVER = re.compile(
+    r"no server running|error connecting to|No such file or directory|server exited|lost server"
+)
 
 
 @dataclass(frozen=True)
@@ -71,18 +73,6 @@ class Snapshot:
 
 def _int(text: str) -> int | None:
     return int(text) if text.lstrip("-").isdigit() else None
-
-
-def _running(pid: int | None) -> bool:
-    """Whether pid is a live process (not a zombie waiting to be reaped)."""
-    if pid is None:
-        return False
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:
-        return True
 
 
 class TmuxBackend:
@@ -165,7 +155,7 @@ class TmuxBackend:
             known_end = row["pane_dead_status"] != "" or row["pane_dead_signal"] != ""
             # A pane is dead once its pty closed, but its process may still run (it closed
             # the terminal) or wait to be reaped: it has ended only when tmux knows how.
-            dead = row["pane_dead"] == "1" and (known_end or not _running(pid))
+            dead = row["pane_dead"] == "1" and (known_end or not is_running(pid))
             unreaped = unreaped or (row["pane_dead"] == "1" and not known_end)
             dead_time = _int(row["pane_dead_time"])
             panes[task] = Pane(

@@ -151,3 +151,57 @@ def make_project(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ monitors in their own process
+
+
+def spawn_monitor(
+    project: Project, procs: list[subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
+    """Start `taskmux monitor` for the project in its own process (ended by the caller)."""
+    exe = Path(sys.executable).with_name("taskmux")
+    proc = subprocess.Popen(
+        [str(exe), "--project", str(project.root), "monitor"],
+        env=project.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    procs.append(proc)
+    return proc
+
+
+def acting_pid(sup: Supervisor) -> int | None:
+    """The pid of the acting monitor, if any."""
+    from taskmux_mcp.state import read_monitor_lease
+
+    lease = read_monitor_lease(sup.paths)
+    return lease.pid if lease else None
+
+
+def run_monitor(project: Project, procs: list[subprocess.Popen[bytes]], sup: Supervisor) -> int:
+    """Start a monitor and wait until it acts."""
+    proc = spawn_monitor(project, procs)
+    wait_until(lambda: acting_pid(sup) == proc.pid, timeout=15)
+    return proc.pid
+
+
+def end_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process still running, then SIGKILL what does not exit in time."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def events_of(sup: Supervisor, kind: str, task: str | None = None) -> list[dict[str, object]]:
+    """Details of the recorded events of one type (with _time and _cause)."""
+    return [
+        {**e.details, "_time": e.time.timestamp(), "_cause": e.cause}
+        for e in sup.read_events(task, limit=1000).events
+        if e.type == kind
+    ]

@@ -338,3 +338,14 @@ def test_bridge_and_bridge_call_from_the_cli(project: Project) -> None:
         bridge.send_signal(signal.SIGTERM)
         assert bridge.wait(timeout=15) == 0
     assert not info.exists()
+
+
+def test_the_cli_does_not_import_the_mcp_sdk() -> None:
+    code = (
+        "import sys\n"
+        "from taskmux_mcp.cli import build_parser\n"
+        "build_parser()\n"
+        "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
