@@ -29,6 +29,15 @@ def hook_timeout() -> float:
     return value if 0 < value <= 24 * 3600 else HOOK_TIMEOUT
 
 
+# Runs the command, and ends its whole process group should the process that started it die
+# first (a killed CLI or MCP server would otherwise leave a hook running past its limit).
+_GUARD = (
+    'owner=$1; shift; "$@" & child=$!; '
+    '(while kill -0 "$owner" 2>/dev/null; do sleep 0.5; done; kill -KILL 0) & guard=$!; '
+    'wait "$child"; status=$?; kill "$guard" 2>/dev/null; exit "$status"'
+)
+
+
 @dataclass(frozen=True)
 class ShellOutcome:
     """How a shell command ended: status None means it was killed at its time limit."""
@@ -49,7 +58,7 @@ async def run_shell(
     """Run /bin/sh -c command in its own process group; kill the whole group at the time limit."""
     started = time.monotonic()
     process = await anyio.open_process(
-        ["/bin/sh", "-c", command],
+        ["/bin/sh", "-c", _GUARD, "taskmux-hook", str(os.getpid()), "/bin/sh", "-c", command],
         cwd=str(cwd),
         env={**os.environ, **env},
         stdin=subprocess.DEVNULL,

@@ -364,11 +364,6 @@ def test_hanging_hook_fails_the_start_at_its_time_limit(project: Project, level:
     assert events_of(sup, "hook_failed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hooks run in their own session so their group can be killed at the time limit; "
-    "when the face running them is SIGKILLed, nothing ends them and they outlive it",
-)
 def test_hook_of_a_sigkilled_face_does_not_outlive_it(
     project: Project, procs: list[subprocess.Popen[bytes]]
 ) -> None:
