@@ -659,7 +659,12 @@ def setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    root.setLevel(os.environ.get("TASKMUX_LOG_LEVEL", "INFO").upper())
+    wanted = os.environ.get("TASKMUX_LOG_LEVEL", "INFO").upper()
+    try:
+        root.setLevel(wanted)
+    except ValueError:
+        root.setLevel(logging.INFO)
+        logging.getLogger("taskmux.mcp").warning("unknown TASKMUX_LOG_LEVEL %r; using INFO", wanted)
 
 
 def exit_after(closed: threading.Event) -> None:
