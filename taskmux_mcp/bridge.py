@@ -43,7 +43,6 @@ from .errors import (
     ConfigError,
     HookFailed,
     InvalidArgument,
-    ProjectClash,
     TaskmuxError,
     TmuxError,
     UnknownTask,
@@ -77,7 +76,6 @@ INVALID_ARGUMENT = -32002
 CONFIG_ERROR = -32003
 TMUX_ERROR = -32004
 HOOK_FAILED = -32005
-PROJECT_CLASH = -32006
 BUSY = -32010
 
 _ERROR_CODES: tuple[tuple[type[TaskmuxError], int], ...] = (
@@ -86,7 +84,6 @@ _ERROR_CODES: tuple[tuple[type[TaskmuxError], int], ...] = (
     (ConfigError, CONFIG_ERROR),
     (TmuxError, TMUX_ERROR),
     (HookFailed, HOOK_FAILED),
-    (ProjectClash, PROJECT_CLASH),
 )
 
 

@@ -6,7 +6,6 @@ TaskmuxError
 ├── UnknownTask            a task name the config does not define (carries the known ones)
 ├── InvalidArgument        a bad request: regex, `since`, limits, names
 ├── TmuxError              tmux is missing, too old, or refused a command
-├── ProjectClash           the tmux session belongs to another checkout
 └── HookFailed             a before_* hook failed, aborting its action
 """
 
@@ -87,10 +86,6 @@ class InvalidArgument(TaskmuxError):
 
 class TmuxError(TaskmuxError):
     """tmux is unavailable or refused a command."""
-
-
-class ProjectClash(TaskmuxError):
-    """The project's tmux session is owned by another checkout."""
 
 
 class HookFailed(TaskmuxError):

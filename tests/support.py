@@ -21,6 +21,7 @@ import psutil
 
 from taskmux_mcp.config import load_config
 from taskmux_mcp.events import Cause
+from taskmux_mcp.models import TaskStatus
 from taskmux_mcp.supervisor import Supervisor
 
 T = TypeVar("T")
@@ -196,6 +197,11 @@ def end_processes(procs: list[subprocess.Popen[bytes]]) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def status_of(sup: Supervisor, name: str) -> TaskStatus:
+    """The current status of one task."""
+    return next(t for t in sup.status_sync().tasks if t.name == name)
 
 
 def events_of(sup: Supervisor, kind: str, task: str | None = None) -> list[dict[str, object]]:

@@ -5,75 +5,37 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import pytest
-from support import Project, wait_until
+from support import (
+    Project,
+    acting_pid,
+    end_processes,
+    events_of,
+    run_monitor,
+    spawn_monitor,
+    status_of,
+    wait_until,
+)
 
 from taskmux_mcp.models import TaskState
-from taskmux_mcp.state import read_monitor_lease
 from taskmux_mcp.supervisor import Supervisor
 
 
 @pytest.fixture
 def monitors(project: Project) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Monitor processes started by a test, ended afterwards."""
+    """Monitor processes started by a test, ended afterwards; no hosted monitor."""
     procs: list[subprocess.Popen[bytes]] = []
     project.env["TASKMUX_HOSTED_MONITOR"] = "0"
     yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def spawn_monitor(
-    project: Project, procs: list[subprocess.Popen[bytes]]
-) -> subprocess.Popen[bytes]:
-    """Start `taskmux monitor` for the project in its own process."""
-    exe = Path(sys.executable).with_name("taskmux")
-    proc = subprocess.Popen(
-        [str(exe), "--project", str(project.root), "monitor"],
-        env=project.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    procs.append(proc)
-    return proc
-
-
-def acting_pid(sup: Supervisor) -> int | None:
-    """The pid of the acting monitor, if any."""
-    lease = read_monitor_lease(sup.paths)
-    return lease.pid if lease else None
-
-
-def run_monitor(project: Project, procs: list[subprocess.Popen[bytes]], sup: Supervisor) -> int:
-    """Start a monitor and wait until it acts."""
-    proc = spawn_monitor(project, procs)
-    wait_until(lambda: acting_pid(sup) == proc.pid, timeout=15)
-    return proc.pid
-
-
-def events_of(sup: Supervisor, kind: str, task: str | None = None) -> list[dict[str, object]]:
-    """Details of the recorded events of one type."""
-    return [
-        {**e.details, "_time": e.time.timestamp(), "_cause": e.cause}
-        for e in sup.read_events(task, limit=1000).events
-        if e.type == kind
-    ]
+    end_processes(procs)
 
 
 def state_of(sup: Supervisor, name: str) -> TaskState:
     """The current state of one task."""
-    return next(t.state for t in anyio.run(sup.status).tasks if t.name == name)
+    return status_of(sup, name).state
 
 
 def test_on_failure_backs_off_then_gives_up(
@@ -158,7 +120,7 @@ def test_health_failures_restart_only_after_the_start_period(
     wait_until(lambda: sup.store.get("api").runs >= 2, timeout=20)
     restart = events_of(sup, "restart_scheduled", "api")[0]
     assert "health" in str(restart["reason"])
-    assert restart["_time"] - started >= 3.0
+    assert float(str(restart["_time"])) - started >= 3.0
     changed = events_of(sup, "health_changed", "api")
     assert changed and changed[0]["health"] == "unhealthy" and changed[0]["_cause"] == "health"
 

@@ -11,16 +11,10 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
-from support import Project, wait_until
+from support import Project, status_of, wait_until
 
 from taskmux_mcp.models import TaskState
 from taskmux_mcp.supervisor import Supervisor
-
-
-def status_of(sup: Supervisor, name: str) -> object:
-    """The TaskStatus of one task."""
-    result = anyio.run(sup.status)
-    return next(t for t in result.tasks if t.name == name)
 
 
 def test_exit_status_and_signal_are_read_from_the_pane(project: Project) -> None:
@@ -42,9 +36,9 @@ def test_exit_status_and_signal_are_read_from_the_pane(project: Project) -> None
     assert by_name["three"].state is TaskState.EXITED
     assert by_name["segv"].exit_signal == "SIGSEGV"
     three = status_of(sup, "three")
-    assert three.state is TaskState.EXITED and three.exit_code == 3  # type: ignore[attr-defined]
+    assert three.state is TaskState.EXITED and three.exit_code == 3
     segv = status_of(sup, "segv")
-    assert segv.exit_signal == "SIGSEGV"  # type: ignore[attr-defined]
+    assert segv.exit_signal == "SIGSEGV"
 
 
 def test_sh_c_task_is_running_not_dead(project: Project) -> None:
@@ -58,8 +52,8 @@ def test_sh_c_task_is_running_not_dead(project: Project) -> None:
     result = anyio.run(lambda: sup.start(["sleeper"], timeout=10))
     assert result.ok, result
     status = status_of(sup, "sleeper")
-    assert status.state is TaskState.RUNNING  # type: ignore[attr-defined]
-    assert psutil.pid_exists(status.pid)  # type: ignore[attr-defined]
+    assert status.state is TaskState.RUNNING
+    assert psutil.pid_exists(status.pid)
 
 
 def test_stop_leaves_no_process_of_a_tree(project: Project) -> None:
@@ -132,7 +126,7 @@ def test_kill_removes_the_window(project: Project) -> None:
     out = project.server.cmd("list-windows", "-a", "-F", "#{@taskmux_task}", check=False).stdout
     assert "victim" not in out.split()
     assert project.task_pids() == []
-    assert status_of(sup, "victim").manually_stopped  # type: ignore[attr-defined]
+    assert status_of(sup, "victim").manually_stopped
 
 
 def _free_port() -> int:
@@ -290,7 +284,7 @@ def test_hooks_run_and_a_failing_before_start_aborts(project: Project) -> None:
     assert by_name["good"].ok
     assert not by_name["bad"].ok
     assert "cannot migrate" in (by_name["bad"].error or "")
-    assert status_of(sup, "bad").state is TaskState.FAILED  # type: ignore[attr-defined]
+    assert status_of(sup, "bad").state is TaskState.FAILED
     anyio.run(lambda: sup.stop(["good"]))
     lines = (project.root / "hooks.txt").read_text().split()
     assert lines == ["project", "good-before", "good-after-stop"]
@@ -318,8 +312,8 @@ def test_two_checkouts_with_the_same_name_do_not_collide(project: Project, tmp_p
     assert s1.tasks[0].pid != s2.tasks[0].pid
     assert first.paths.root != second.paths.root
     assert anyio.run(second.stop).ok
-    assert status_of(first, "api").state is TaskState.RUNNING  # type: ignore[attr-defined]
-    assert status_of(second, "api").state is TaskState.STOPPED  # type: ignore[attr-defined]
+    assert status_of(first, "api").state is TaskState.RUNNING
+    assert status_of(second, "api").state is TaskState.STOPPED
 
 
 def test_hostile_tmux_conf_changes_nothing(project: Project) -> None:
@@ -355,7 +349,7 @@ def test_hostile_tmux_conf_changes_nothing(project: Project) -> None:
     assert statuses["quick"].state is TaskState.EXITED and statuses["quick"].exit_code == 3
     assert statuses["long"].state is TaskState.RUNNING
     anyio.run(lambda: sup.kill(["quick"]))
-    assert status_of(sup, "long").state is TaskState.RUNNING  # type: ignore[attr-defined]
+    assert status_of(sup, "long").state is TaskState.RUNNING
     assert anyio.run(sup.stop).ok
 
 
@@ -372,7 +366,7 @@ def test_stop_is_recorded_for_other_processes(project: Project) -> None:
     assert proc.returncode == 0, proc.stderr
     fresh = project.supervisor()
     assert fresh.store.get("api").manually_stopped
-    assert status_of(fresh, "api").manually_stopped  # type: ignore[attr-defined]
+    assert status_of(fresh, "api").manually_stopped
 
 
 def test_uptime_and_pid_reported(project: Project) -> None:
@@ -386,8 +380,8 @@ def test_uptime_and_pid_reported(project: Project) -> None:
     assert anyio.run(lambda: sup.start(timeout=10)).ok
     time.sleep(0.1)
     status = status_of(sup, "api")
-    assert status.uptime_s is not None and status.uptime_s >= 0  # type: ignore[attr-defined]
-    assert psutil.Process(status.pid).is_running()  # type: ignore[attr-defined]
+    assert status.uptime_s is not None and status.uptime_s >= 0
+    assert psutil.Process(status.pid).is_running()
 
 
 @pytest.mark.parametrize("bad", ["", "nope"])

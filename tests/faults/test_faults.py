@@ -40,10 +40,11 @@ from support import (
     end_processes,
     events_of,
     run_monitor,
+    status_of,
     wait_until,
 )
 
-from taskmux_mcp.models import TaskState, TaskStatus
+from taskmux_mcp.models import TaskState
 from taskmux_mcp.supervisor import Supervisor
 
 BIN = Path(sys.executable).parent
@@ -56,11 +57,6 @@ def procs(project: Project) -> Iterator[list[subprocess.Popen[bytes]]]:
     project.env["TASKMUX_HOSTED_MONITOR"] = "0"
     yield started
     end_processes(started)
-
-
-def status_of(sup: Supervisor, name: str) -> TaskStatus:
-    """The current status of one task."""
-    return next(t for t in sup.status_sync().tasks if t.name == name)
 
 
 def cli_popen(project: Project, *args: str) -> subprocess.Popen[bytes]:
