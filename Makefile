@@ -32,7 +32,7 @@ lint: $(BIN)/taskmux
 	$(BIN)/mypy
 
 test: $(BIN)/taskmux lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 4
 
 bench: $(BIN)/taskmux
 	$(BIN)/python bench/run.py

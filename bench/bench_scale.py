@@ -39,11 +39,10 @@ HEADER: Row = ("figure", "taskmux-mcp", "floor", "x floor", "per task", "verdict
 # the same way), in one interpreter, alternating, after one warm-up call of each.
 STATUS_AND_FLOOR = """
 import os, subprocess, shutil, sys, time
-from taskmux_mcp.config import discover_config, load_config
-from taskmux_mcp.supervisor import Supervisor
+from taskmux_mcp.project import Project
 from taskmux_mcp.tmux import _FORMAT
 socket = os.environ["TASKMUX_TMUX_SOCKET"]
-sup = Supervisor(load_config(discover_config(project=sys.argv[1])), socket_name=socket)
+sup = Project.open(project=sys.argv[1], socket_name=socket, hosted_monitor=False)
 argv = [shutil.which("tmux"), "-L", socket, "list-panes", "-a", "-F", _FORMAT]
 def floor():
     done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)

@@ -324,9 +324,8 @@ def _zombie(pid: int) -> bool:
 
 OURS_STATUS_INPROC = """
 import sys, time, anyio
-from taskmux_mcp.config import discover_config, load_config
-from taskmux_mcp.supervisor import Supervisor
-sup = Supervisor(load_config(discover_config(project=sys.argv[1])))
+from taskmux_mcp.project import Project
+sup = Project.open(project=sys.argv[1], hosted_monitor=False)
 async def main():
     times = []
     for _ in range(int(sys.argv[2])):

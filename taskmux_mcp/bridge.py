@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import inspect
 import ipaddress
 import json
 import logging
@@ -22,7 +21,6 @@ import signal
 import socket
 import sys
 import time
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -32,17 +30,20 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import anyio.abc
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, ValidationError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.http11 import Request, Response
 from websockets.sync.client import connect
 
+from .budget import REPLY_BUDGET
 from .errors import (
+    ArgumentError,
     ConfigError,
     HookFailed,
     InvalidArgument,
+    TaskBusy,
     TaskmuxError,
     TmuxError,
     UnknownTask,
@@ -50,10 +51,9 @@ from .errors import (
 from .events import Cause, EventLog
 from .models import EventRecord
 from .monitor import Monitor
-from .project import ProjectHandle
+from .operations import OPERATIONS, Call, perform
+from .project import Project, ProjectSlot
 from .state import ProjectPaths, write_atomic
-from .supervisor import Supervisor
-from .tools import TOOL_INFO, Tools
 
 log = logging.getLogger("taskmux.bridge")
 
@@ -76,10 +76,13 @@ INVALID_ARGUMENT = -32002
 CONFIG_ERROR = -32003
 TMUX_ERROR = -32004
 HOOK_FAILED = -32005
+TASK_BUSY = -32006
 BUSY = -32010
 
 _ERROR_CODES: tuple[tuple[type[TaskmuxError], int], ...] = (
+    (ArgumentError, INVALID_PARAMS),
     (UnknownTask, UNKNOWN_TASK),
+    (TaskBusy, TASK_BUSY),
     (InvalidArgument, INVALID_ARGUMENT),
     (ConfigError, CONFIG_ERROR),
     (TmuxError, TMUX_ERROR),
@@ -124,7 +127,9 @@ class RpcError(Exception):
         return error
 
 
-_INTERNAL = RpcError(INTERNAL_ERROR, "internal error (details in the bridge's log)")
+_UNEXPECTED = RpcError(
+    INTERNAL_ERROR, "the bridge could not complete this call (the reason is in the bridge's log)"
+)
 
 
 class _SubscribeParams(BaseModel):
@@ -135,28 +140,6 @@ class _SubscribeParams(BaseModel):
 
 class _NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def _params_model(name: str) -> type[BaseModel]:
-    """A pydantic model of a Tools method's parameters (minus `progress`), extra keys refused."""
-    method = getattr(Tools, name)
-    hints = typing.get_type_hints(method)
-    fields: dict[str, Any] = {}
-    for param in list(inspect.signature(method).parameters.values())[1:]:
-        if param.name == "progress":
-            continue
-        default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[param.name] = (hints[param.name], default)
-    model: type[BaseModel] = create_model(
-        f"{name.capitalize()}Params", __config__=ConfigDict(extra="forbid"), **fields
-    )
-    return model
-
-
-PARAMS: dict[str, type[BaseModel]] = {name: _params_model(name) for name in TOOL_INFO}
-WITH_PROGRESS = frozenset(
-    name for name in TOOL_INFO if "progress" in inspect.signature(getattr(Tools, name)).parameters
-)
 
 
 def _reject_constant(value: str) -> Any:
@@ -184,7 +167,7 @@ def rpc_error_for(exc: TaskmuxError) -> RpcError:
 
 
 @dataclass(frozen=True)
-class Call:
+class RpcRequest:
     """A well-formed request: id (absent for notifications), method, params."""
 
     id: Any
@@ -200,7 +183,7 @@ class _Invalid(Exception):
         self.error = error
 
 
-def parse_request(raw: str | bytes) -> Call:
+def parse_request(raw: str | bytes) -> RpcRequest:
     """Decode one message; RpcError (with the id when known) when it is not a valid request."""
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
@@ -236,7 +219,7 @@ def parse_request(raw: str | bytes) -> Call:
             request_id,
             RpcError(INVALID_PARAMS, "params must be an object of named arguments"),
         )
-    return Call(request_id, method, params, notification="id" not in data)
+    return RpcRequest(request_id, method, params, notification="id" not in data)
 
 
 def _short(exc: BaseException) -> str:
@@ -340,9 +323,7 @@ class _Client:
             text = _encode(message)
         except ValueError as exc:
             log.error("could not encode a reply: %s", exc)
-            text = _encode(
-                error_reply(message.get("id"), RpcError(INTERNAL_ERROR, "internal error"))
-            )
+            text = _encode(error_reply(message.get("id"), _UNEXPECTED))
         try:
             self.outgoing.send_nowait(text)
         except anyio.WouldBlock:
@@ -391,17 +372,17 @@ def _peer(ws: ServerConnection) -> str:
 class Bridge:
     """The JSON-RPC service behind the WebSocket server (one per running bridge)."""
 
-    def __init__(self, handle: ProjectHandle, token: str) -> None:
-        self.handle = handle
-        self.tools = Tools(handle)
+    def __init__(self, slot: ProjectSlot, token: str) -> None:
+        self.slot = slot
         self._token = token.encode()
         self.group: anyio.abc.TaskGroup | None = None
         self.clients: set[_Client] = set()
 
     def allowed_origins(self) -> tuple[str, ...]:
         """The [bridge] allowed_origins of the config in force."""
-        self.handle.refresh()
-        current = self.handle.current
+        with contextlib.suppress(TaskmuxError):
+            self.slot.get()
+        current = self.slot.current
         return current.config.bridge.allowed_origins if current is not None else ()
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -444,14 +425,14 @@ class Bridge:
         if call.method in ("subscribe", "unsubscribe"):
             self._subscription(client, call)
             return
-        if call.method not in PARAMS:
+        if call.method not in OPERATIONS:
             self._reply_error(
                 client,
                 call,
                 RpcError(
                     METHOD_NOT_FOUND,
-                    f"unknown method {call.method!r}; methods: "
-                    + ", ".join([*PARAMS, "subscribe", "unsubscribe"]),
+                    f"unknown method {call.method[:64]!r}; methods: "
+                    + ", ".join([*OPERATIONS, "subscribe", "unsubscribe"]),
                 ),
             )
             return
@@ -468,11 +449,11 @@ class Bridge:
         client.in_flight += 1
         self.group.start_soon(self._run, client, call)
 
-    def _reply_error(self, client: _Client, call: Call, error: RpcError) -> None:
+    def _reply_error(self, client: _Client, call: RpcRequest, error: RpcError) -> None:
         if not call.notification:
             client.push(error_reply(call.id, error))
 
-    def _subscription(self, client: _Client, call: Call) -> None:
+    def _subscription(self, client: _Client, call: RpcRequest) -> None:
         try:
             if call.method == "subscribe":
                 params = validate_params(call.method, _SubscribeParams, call.params)
@@ -490,7 +471,7 @@ class Bridge:
                 {"jsonrpc": "2.0", "id": call.id, "result": {"subscribed": client.subscribed}}
             )
 
-    async def _run(self, client: _Client, call: Call) -> None:
+    async def _run(self, client: _Client, call: RpcRequest) -> None:
         try:
             result = await self.execute(client, call)
             reply = {"jsonrpc": "2.0", "id": call.id, "result": result}
@@ -498,20 +479,26 @@ class Bridge:
             reply = error_reply(call.id, error)
         except Exception:
             log.exception("bridge call %s failed", call.method)
-            reply = error_reply(call.id, _INTERNAL)
+            reply = error_reply(call.id, _UNEXPECTED)
         finally:
             client.in_flight -= 1
         if not call.notification:
             client.push(reply)
 
-    async def execute(self, client: _Client, call: Call) -> dict[str, Any]:
-        """Run one tool call; every failure comes back as an RpcError."""
-        params = validate_params(call.method, PARAMS[call.method], call.params)
-        kwargs = {name: getattr(params, name) for name in type(params).model_fields}
-        if call.method in WITH_PROGRESS and not call.notification:
-            kwargs["progress"] = self._progress(client, call.id)
+    async def execute(self, client: _Client, call: RpcRequest) -> dict[str, Any]:
+        """Run one operation; every failure comes back as an RpcError."""
+        progress = None
+        if OPERATIONS[call.method].waits and not call.notification:
+            progress = self._progress(client, call.id)
         try:
-            result = await getattr(self.tools, call.method)(**kwargs)
+            project = self.slot.get()
+            result = await perform(
+                project,
+                call.method,
+                call.params,
+                Call(cause=Cause.USER, progress=progress),
+                budget=REPLY_BUDGET,
+            )
         except TaskmuxError as exc:
             raise rpc_error_for(exc) from None
         dumped: dict[str, Any] = result.model_dump(mode="json")
@@ -622,7 +609,7 @@ def _remove_if_ours(path: Path, token: str) -> None:
 
 
 async def run_bridge(
-    handle: ProjectHandle,
+    slot: ProjectSlot,
     *,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
@@ -633,8 +620,8 @@ async def run_bridge(
     bind = _bind_host(host, allow_remote)
     if not 0 <= port <= 65535:
         raise InvalidArgument(f"port must be between 0 and 65535 (got {port})")
-    sup = handle.supervisor()
-    paths = sup.paths
+    project = slot.get()
+    paths = project.paths
     _refuse_second_bridge(paths.bridge)
     if not is_loopback(bind):
         log.warning(
@@ -643,8 +630,7 @@ async def run_bridge(
             bind,
         )
     token = secrets.token_urlsafe(32)
-    monitor_sup = Supervisor(sup.config, socket_name=handle.tmux_socket, cause=Cause.POLICY)
-    bridge = Bridge(handle, token)
+    bridge = Bridge(slot, token)
     server = await serve(
         bridge.handler,
         bind,
@@ -668,8 +654,8 @@ async def run_bridge(
         async with anyio.create_task_group() as group:
             bridge.group = group
             write_atomic(paths.bridge, info.model_dump_json(indent=2).encode(), 0o600)
-            group.start_soon(_keep_monitor, monitor_sup)
-            group.start_soon(bridge.pump, sup.events)
+            group.start_soon(_keep_monitor, project)
+            group.start_soon(bridge.pump, project.events)
             if ready is not None:
                 ready(bound)
             try:
@@ -683,11 +669,11 @@ async def run_bridge(
         server.close()
 
 
-async def _keep_monitor(sup: Supervisor) -> None:
+async def _keep_monitor(project: Project) -> None:
     """Run the project's monitor; should it fail, log why and run a fresh one."""
     while True:
         try:
-            await Monitor(sup, host="bridge").run()
+            await Monitor(project, host="bridge").run()
             return
         except Exception:
             log.exception("the monitor failed; starting it again in %.0f s", MONITOR_RETRY_S)
@@ -700,7 +686,7 @@ async def _shutdown(server: Server) -> None:
 
 
 def serve_bridge(
-    handle: ProjectHandle,
+    slot: ProjectSlot,
     *,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
@@ -709,7 +695,7 @@ def serve_bridge(
     """Run the bridge until SIGINT/SIGTERM (the `taskmux bridge` command); exit status."""
 
     def announce(bound: int) -> None:
-        current = handle.current
+        current = slot.current
         where = current.paths.bridge if current is not None else "bridge.json"
         print(
             f"taskmux bridge: listening on {_client_url(host, bound)} "
@@ -723,9 +709,7 @@ def serve_bridge(
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, scope.cancel)
-            await run_bridge(
-                handle, host=host, port=port, allow_remote=allow_remote, ready=announce
-            )
+            await run_bridge(slot, host=host, port=port, allow_remote=allow_remote, ready=announce)
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="taskmux bridge: %(message)s")
@@ -808,7 +792,7 @@ def bridge_call(
 
 
 def run_bridge_call(
-    handle: ProjectHandle, method: str, params_json: str | None, *, as_json: bool
+    slot: ProjectSlot, method: str, params_json: str | None, *, as_json: bool
 ) -> int:
     """`taskmux bridge-call METHOD [JSON]`: print the result; exit 0, 1 (error reply) or 2."""
     try:
@@ -825,7 +809,7 @@ def run_bridge_call(
     wait_s = params.get("timeout", 60)
     timeout = max(60.0, float(wait_s) + 30) if isinstance(wait_s, int | float) else 60.0
     try:
-        paths = handle.supervisor().paths
+        paths = slot.get().paths
         result = bridge_call(paths, method, params, timeout=timeout)
     except (BridgeCallError, BridgeTimeout) as exc:
         if as_json and isinstance(exc, BridgeCallError):

@@ -1,4 +1,8 @@
-"""The companion CLI `taskmux`: parse, call the supervisor, print; exit 0 ok, 1 failed, 2 usage."""
+"""The companion CLI `taskmux`: parse, call the facade, print; exit 0 ok, 1 failed, 2 usage.
+
+The operation commands (status, start, stop, ...) get their arguments from the declarations
+in `operations`, so their names, defaults and bounds are the MCP tools' and the bridge's.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import contextlib
 import json
 import os
 import shlex
-import shutil
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -29,10 +32,11 @@ from .models import (
     LogsResult,
     StatusResult,
 )
-from .supervisor import Supervisor
+from .operations import OPERATIONS, Call, Kind, Operation, Param, perform
+from .project import Project
 
 if TYPE_CHECKING:
-    from .project import ProjectHandle
+    from .project import ProjectSlot
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MCP_CLIENTS = ("claude", "codex", "cursor", "opencode", "gemini", "vscode", "windsurf", "zed")
@@ -55,27 +59,23 @@ def tmux_socket(args: argparse.Namespace) -> str | None:
     return value or None
 
 
+def open_project(args: argparse.Namespace, cause: Cause = Cause.USER, host: str = "cli") -> Project:
+    """The project the global options name (its last valid config if taskmux.toml is broken)."""
+    return Project.open(
+        project=getattr(args, "project", None),
+        config=getattr(args, "config", None),
+        socket_name=tmux_socket(args),
+        cause=cause,
+        host=host,
+    )
+
+
 def load_project(args: argparse.Namespace) -> configuration.ProjectConfig:
-    """Find and load the project's taskmux.toml from the global options."""
+    """Find and load the project's taskmux.toml from the global options (strictly)."""
     path = configuration.discover_config(
         project=getattr(args, "project", None), config=getattr(args, "config", None)
     )
     return configuration.load_config(path)
-
-
-def hosted_monitor_enabled() -> bool:
-    """Whether starting a task also keeps a monitor window in the project's session."""
-    return os.environ.get("TASKMUX_HOSTED_MONITOR", "1") not in ("0", "false", "no")
-
-
-def open_supervisor(args: argparse.Namespace, cause: Cause = Cause.USER) -> Supervisor:
-    """The supervisor of the project the options name."""
-    return Supervisor(
-        load_project(args),
-        socket_name=tmux_socket(args),
-        cause=cause,
-        host_monitor=hosted_monitor_enabled(),
-    )
 
 
 def _emit(args: argparse.Namespace, model: BaseModel, human: Callable[[Any], str]) -> None:
@@ -85,10 +85,6 @@ def _emit(args: argparse.Namespace, model: BaseModel, human: Callable[[Any], str
         text = human(model)
         if text:
             print(text)
-
-
-def _run(coro: Callable[[], Awaitable[T]]) -> T:
-    return anyio.run(coro)
 
 
 def _progress(args: argparse.Namespace) -> Callable[[str], Awaitable[None]] | None:
@@ -256,140 +252,91 @@ def format_inspect(result: InspectResult) -> str:
     return json.dumps(data, indent=2)
 
 
-# ------------------------------------------------------------------ commands
+def _config_warning(project: Project) -> None:
+    if project.config_error is not None:
+        print(
+            f"taskmux: warning: {project.config_error}\n"
+            "  (showing and stopping tasks with the last valid config; fix taskmux.toml to "
+            "start them)",
+            file=sys.stderr,
+        )
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """status / ls / list."""
-    sup = open_supervisor(args)
-    _emit(args, sup.status_sync(), format_status)
+# ------------------------------------------------------------------ operation commands
+
+
+def _raw(op: Operation, args: argparse.Namespace) -> dict[str, Any]:
+    return {p.name: getattr(args, p.name) for p in op.params if hasattr(args, p.name)}
+
+
+def _exit_for(result: BaseModel) -> int:
+    if isinstance(result, ActionResult):
+        return EXIT_OK if result.ok else EXIT_FAILED
+    if isinstance(result, HealthResult):
+        return EXIT_OK if all(r.healthy is not False for r in result.tasks) else EXIT_FAILED
+    if isinstance(result, GrepResult):
+        return EXIT_OK if result.matches else EXIT_FAILED
     return EXIT_OK
 
 
-def cmd_start(args: argparse.Namespace) -> int:
-    """start [TASK...]."""
-    sup = open_supervisor(args)
+FORMATS: dict[str, Callable[[argparse.Namespace], Callable[[Any], str]]] = {
+    "status": lambda args: format_status,
+    "start": lambda args: format_action,
+    "stop": lambda args: format_action,
+    "restart": lambda args: format_action,
+    "kill": lambda args: format_action,
+    "health": lambda args: format_health,
+    "inspect": lambda args: format_inspect,
+    "events": lambda args: format_events,
+    "grep": lambda args: format_grep,
+    "logs": lambda args: lambda r: format_logs(r, prefix=len(args.tasks) != 1),
+}
 
-    async def go() -> ActionResult:
-        return await sup.start(
-            args.tasks, wait=not args.no_wait, timeout=args.timeout, progress=_progress(args)
-        )
 
-    result = _run(go)
-    _emit(args, result, format_action)
-    if args.monitor:
+def cmd_operation(args: argparse.Namespace) -> int:
+    """Any declared operation: bind the arguments, call the facade, print the result."""
+    op: Operation = args.operation
+    raw = _raw(op, args)
+    project = open_project(args)
+    _config_warning(project)
+    if op.name == "logs" and (args.follow or args.grep):
+        return _logs_extras(project, args, op.bind(raw))
+    if op.name == "status":
+        result: BaseModel = project.status_sync(op.bind(raw)["tasks"])  # no event loop: quick
+    else:
+        call = Call(cause=Cause.USER, progress=_progress(args))
+
+        async def go() -> BaseModel:
+            return await perform(project, op.name, raw, call)
+
+        result = anyio.run(go)
+    _emit(args, result, FORMATS[op.name](args))
+    if op.name == "start" and args.monitor:
         from .monitor import run_monitor_foreground
 
-        return run_monitor_foreground(sup, host="cli")
-    return EXIT_OK if result.ok else EXIT_FAILED
+        return run_monitor_foreground(project, host="cli")
+    return _exit_for(result)
 
 
-def cmd_stop(args: argparse.Namespace) -> int:
-    """stop [TASK...]."""
-    sup = open_supervisor(args)
-
-    async def go() -> ActionResult:
-        return await sup.stop(args.tasks)
-
-    result = _run(go)
-    _emit(args, result, format_action)
-    return EXIT_OK if result.ok else EXIT_FAILED
-
-
-def cmd_restart(args: argparse.Namespace) -> int:
-    """restart [TASK...]."""
-    sup = open_supervisor(args)
-
-    async def go() -> ActionResult:
-        return await sup.restart(
-            args.tasks, wait=not args.no_wait, timeout=args.timeout, progress=_progress(args)
-        )
-
-    result = _run(go)
-    _emit(args, result, format_action)
-    return EXIT_OK if result.ok else EXIT_FAILED
-
-
-def cmd_kill(args: argparse.Namespace) -> int:
-    """kill TASK..."""
-    sup = open_supervisor(args)
-
-    async def go() -> ActionResult:
-        return await sup.kill(args.tasks)
-
-    result = _run(go)
-    _emit(args, result, format_action)
-    return EXIT_OK if result.ok else EXIT_FAILED
-
-
-def cmd_health(args: argparse.Namespace) -> int:
-    """health [TASK...]."""
-    sup = open_supervisor(args)
-
-    async def go() -> HealthResult:
-        return await sup.health(args.tasks)
-
-    result = _run(go)
-    _emit(args, result, format_health)
-    return EXIT_OK if all(r.healthy is not False for r in result.tasks) else EXIT_FAILED
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    """inspect TASK."""
-    sup = open_supervisor(args)
-
-    async def go() -> InspectResult:
-        return await sup.inspect(args.task)
-
-    _emit(args, _run(go), format_inspect)
-    return EXIT_OK
-
-
-def cmd_events(args: argparse.Namespace) -> int:
-    """events [TASK] [--since S] [-n N]."""
-    sup = open_supervisor(args)
-    _emit(args, sup.read_events(args.task, since=args.since, limit=args.n), format_events)
-    return EXIT_OK
-
-
-def cmd_logs(args: argparse.Namespace) -> int:
-    """logs [TASK] [-n N] [-f] [--since S] [-g PATTERN] [-C N]."""
-    sup = open_supervisor(args)
-    tasks = [args.task] if args.task else []
+def _logs_extras(project: Project, args: argparse.Namespace, bound: dict[str, Any]) -> int:
+    names = project.config.require(bound["tasks"]) if bound["tasks"] else list(project.config.tasks)
     if args.grep:
-        found = sup.grep(args.grep, tasks, context=args.context, since=args.since)
+        found = project.grep_sync(args.grep, names, context=args.context, since=bound["since"])
         _emit(args, found, format_grep)
         return EXIT_OK if found.matches else EXIT_FAILED
-    if args.follow:
-        names = sup.config.require(tasks) if tasks else list(sup.config.tasks)
-        color = sys.stdout.isatty() and not args.json
-        try:
-            for line in sup.logs.follow(names, since=args.since, lines=args.n):
-                if args.json:
-                    print(line.model_dump_json(), flush=True)
-                else:
-                    print(format_lines([line], prefix=len(names) > 1, color=color), flush=True)
-        except KeyboardInterrupt:
-            return EXIT_OK
+    color = sys.stdout.isatty() and not args.json
+    try:
+        for line in project.logs.follow(names, since=bound["since"], lines=bound["lines"]):
+            if args.json:
+                print(line.model_dump_json(), flush=True)
+            else:
+                print(format_lines([line], prefix=len(names) > 1, color=color), flush=True)
+    except KeyboardInterrupt:
         return EXIT_OK
-    result = sup.read_logs(args.task, lines=args.n, since=args.since)
-    _emit(args, result, lambda r: format_logs(r, prefix=args.task is None))
     return EXIT_OK
 
 
-def cmd_grep(args: argparse.Namespace) -> int:
-    """grep PATTERN [TASK...] [-C N] [-i] [--since S]."""
-    sup = open_supervisor(args)
-    result = sup.grep(
-        args.pattern,
-        args.tasks,
-        context=args.context,
-        ignore_case=args.ignore_case,
-        since=args.since,
-        max_matches=args.max_matches,
-    )
-    _emit(args, result, format_grep)
-    return EXIT_OK if result.matches else EXIT_FAILED
+# ------------------------------------------------------------------ other commands
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -462,23 +409,20 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_attach(args: argparse.Namespace) -> int:
     """attach [TASK]: tmux attach (or switch-client inside tmux)."""
-    sup = open_supervisor(args)
-    snap = sup.tmux.snapshot_sync()
+    project = open_project(args)
+    snap = project.backend.snapshot_sync()
     if snap.session is None:
         print("taskmux: the project has no tmux session yet; run `taskmux start`", file=sys.stderr)
         return EXIT_FAILED
-    tmux = shutil.which("tmux") or "tmux"
-    base = [tmux, "-L", sup.tmux.socket_name]
     target = f"={snap.session}"
     if args.task:
-        pane = snap.panes.get(sup.config.task(args.task).name)
+        pane = snap.panes.get(project.config.task(args.task).name)
         if pane is None:
             print(f"taskmux: task '{args.task}' has no window; start it first", file=sys.stderr)
             return EXIT_FAILED
-        sup.tmux.run("select-window", "-t", pane.window_id)
+        project.backend.run("select-window", "-t", pane.window_id)
         target = pane.window_id
-    inside = bool(os.environ.get("TMUX"))
-    argv = [*base, "switch-client" if inside else "attach-session", "-t", target]
+    argv = project.backend.select_argv(target, inside=bool(os.environ.get("TMUX")))
     if args.dry_run:
         print(shlex.join(argv))
         return EXIT_OK
@@ -493,20 +437,22 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    """monitor: run the monitor in the foreground."""
+    """monitor: run the monitor in the foreground (standing by while another one leads)."""
     from .monitor import run_monitor_foreground
 
-    sup = open_supervisor(args, Cause.POLICY)
+    project = open_project(args, Cause.POLICY, host="tmux" if args.hosted else "cli")
     if args.hosted:
-        print(f"taskmux monitor of {sup.config.name}: keeps restart policies working", flush=True)
-        status = run_monitor_foreground(sup, host="tmux", exit_when_idle=True)
+        print(
+            f"taskmux monitor of {project.config.name}: keeps restart policies working", flush=True
+        )
+        status = run_monitor_foreground(project, host="tmux", exit_when_idle=True)
         own_pane = os.environ.get("TMUX_PANE")
         if own_pane:
             # No task window is left: close this one too, so the session can end.
             with contextlib.suppress(TaskmuxError):
-                sup.tmux.run("kill-window", "-t", own_pane)
+                project.backend.run("kill-window", "-t", own_pane)
         return status
-    return run_monitor_foreground(sup, host="cli")
+    return run_monitor_foreground(project, host="cli")
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
@@ -533,16 +479,10 @@ def cmd_mcp_config(args: argparse.Namespace) -> int:
     return run_mcp_config(args.client, _project_dir(args), write=args.write, as_json=args.json)
 
 
-def _handle(args: argparse.Namespace) -> ProjectHandle:
-    from .project import ProjectHandle
+def _slot(args: argparse.Namespace, host: str) -> ProjectSlot:
+    from .project import ProjectSlot
 
-    return ProjectHandle(
-        project=args.project,
-        config=args.config,
-        tmux_socket=tmux_socket(args),
-        cause=Cause.USER,
-        host_monitor=hosted_monitor_enabled(),
-    )
+    return ProjectSlot(lambda: open_project(args, Cause.USER, host=host))
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
@@ -550,7 +490,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     from .bridge import serve_bridge
 
     return serve_bridge(
-        _handle(args), host=args.host, port=args.port, allow_remote=args.allow_remote
+        _slot(args, "bridge"), host=args.host, port=args.port, allow_remote=args.allow_remote
     )
 
 
@@ -558,10 +498,52 @@ def cmd_bridge_call(args: argparse.Namespace) -> int:
     """bridge-call METHOD [JSON]: one JSON-RPC call to the running bridge."""
     from .bridge import run_bridge_call
 
-    return run_bridge_call(_handle(args), args.method, args.params, as_json=args.json)
+    return run_bridge_call(_slot(args, "cli"), args.method, args.params, as_json=args.json)
 
 
 # ------------------------------------------------------------------ parser
+
+
+def _help(param: Param) -> str:
+    if param.required or param.default in (None, (), []):
+        return param.doc
+    if param.kind is Kind.BOOLEAN:
+        return param.doc
+    return (
+        f"{param.doc} (default: {param.default:g})"
+        if isinstance(param.default, float)
+        else f"{param.doc} (default: {param.default})"
+    )
+
+
+def add_operation(parser: argparse.ArgumentParser, op: Operation) -> None:
+    """Arguments of one declared operation: task names positional, the rest as options."""
+    for param in op.params:
+        if param.kind is Kind.NAMES:
+            parser.add_argument(
+                param.name, nargs="+" if param.required else "*", metavar=param.metavar,
+                help=_help(param),
+            )  # fmt: skip
+        elif param.kind is Kind.NAME or (param.kind is Kind.TEXT and not param.flags):
+            parser.add_argument(param.name, metavar=param.metavar, help=_help(param))
+        elif param.kind is Kind.BOOLEAN:
+            if param.negation:
+                parser.add_argument(
+                    param.negation,
+                    dest=param.name,
+                    action="store_false",
+                    help=f"do not {param.doc}",
+                )
+            else:
+                parser.add_argument(
+                    *param.flags, dest=param.name, action="store_true", help=_help(param)
+                )
+        else:
+            kind = {Kind.INTEGER: int, Kind.NUMBER: float, Kind.TEXT: str}[param.kind]
+            parser.add_argument(
+                *param.flags, dest=param.name, type=kind, default=param.default,
+                metavar=param.metavar, help=_help(param),
+            )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -599,44 +581,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("init", cmd_init, "create taskmux.toml and an agent note")
     p.add_argument("--defaults", action="store_true", help="do not ask; write what was detected")
-    for name, handler, helptext in (
-        ("start", cmd_start, "start tasks (all auto_start ones by default) and wait"),
-        ("restart", cmd_restart, "stop then start tasks (all running ones by default)"),
-    ):
-        p = command(name, handler, helptext)
-        p.add_argument("tasks", nargs="*", metavar="TASK")
-        p.add_argument("--no-wait", action="store_true", help="return once launched")
-        p.add_argument("--timeout", type=float, default=60.0, metavar="S")
-        if name == "start":
+    aliases = {"status": ("ls", "list")}
+    for op in OPERATIONS.values():
+        p = command(op.name, cmd_operation, op.title.lower(), aliases.get(op.name, ()))
+        p.set_defaults(operation=op)
+        add_operation(p, op)
+        if op.name == "start":
             p.add_argument("-m", "--monitor", action="store_true",
                            help="then stay in the foreground as the monitor")  # fmt: skip
-    p = command("stop", cmd_stop, "stop tasks gracefully (all by default)")
-    p.add_argument("tasks", nargs="*", metavar="TASK")
-    p = command("kill", cmd_kill, "SIGKILL tasks and remove their windows")
-    p.add_argument("tasks", nargs="+", metavar="TASK")
-    command("status", cmd_status, "show every task", aliases=("ls", "list"))
-    p = command("health", cmd_health, "run health checks now")
-    p.add_argument("tasks", nargs="*", metavar="TASK")
-    p = command("inspect", cmd_inspect, "everything known of one task")
-    p.add_argument("task", metavar="TASK")
-    p = command("events", cmd_events, "recent events")
-    p.add_argument("task", nargs="?", metavar="TASK")
-    p.add_argument("--since", metavar="S")
-    p.add_argument("-n", type=int, default=50, metavar="N")
-    p = command("logs", cmd_logs, "task output (all tasks interleaved by default)")
-    p.add_argument("task", nargs="?", metavar="TASK")
-    p.add_argument("-n", type=int, default=100, metavar="N", help="lines (default 100)")
-    p.add_argument("-f", "--follow", action="store_true")
-    p.add_argument("--since", metavar="S", help="start | 30s | 5m | 2h | ISO time")
-    p.add_argument("-g", "--grep", metavar="PATTERN")
-    p.add_argument("-C", "--context", type=int, default=2, metavar="N")
-    p = command("grep", cmd_grep, "search logs with a regular expression")
-    p.add_argument("pattern", metavar="PATTERN")
-    p.add_argument("tasks", nargs="*", metavar="TASK")
-    p.add_argument("-C", "--context", type=int, default=2, metavar="N")
-    p.add_argument("-i", "--ignore-case", action="store_true")
-    p.add_argument("--since", metavar="S")
-    p.add_argument("-m", "--max-matches", type=int, default=100, metavar="N")
+        if op.name == "logs":
+            p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+            p.add_argument("-g", "--grep", metavar="PATTERN", help="only lines matching PATTERN")
+            p.add_argument("-C", "--context", type=int, default=2, metavar="N",
+                           help="with -g: lines of context (default: 2)")  # fmt: skip
     p = command("add", cmd_add, "add a task to taskmux.toml")
     p.add_argument("name", metavar="NAME")
     p.add_argument("command", metavar="COMMAND")
@@ -699,7 +656,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:
-        print(f"taskmux: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            f"taskmux: failed unexpectedly ({type(exc).__name__}: {exc}); "
+            "please report this with the command you ran",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
 
 

@@ -5,8 +5,12 @@ TaskmuxError
 │   └── ProjectNotFound    no taskmux.toml where we looked
 ├── UnknownTask            a task name the config does not define (carries the known ones)
 ├── InvalidArgument        a bad request: regex, `since`, limits, names
+│   └── ArgumentError      a tool/bridge/CLI argument that does not fit its declaration
 ├── TmuxError              tmux is missing, too old, or refused a command
-└── HookFailed             a before_* hook failed, aborting its action
+├── HookFailed             a before_* hook failed, aborting its action
+├── TaskBusy               another process acts on the task and did not finish in time
+├── IllegalTransition      a task record change its current state does not allow
+└── StateWriteError        the state folder refused a write (full disk, read-only)
 """
 
 from __future__ import annotations
@@ -84,6 +88,10 @@ class InvalidArgument(TaskmuxError):
     """A request argument that cannot be honoured (bad regex, bad `since`, bad limit)."""
 
 
+class ArgumentError(InvalidArgument):
+    """Arguments that do not match an operation's declaration (unknown, wrong type, bounds)."""
+
+
 class TmuxError(TaskmuxError):
     """tmux is unavailable or refused a command."""
 
@@ -100,3 +108,24 @@ class HookFailed(TaskmuxError):
         how = "timed out" if status is None else f"exited {status}"
         tail = f": {output.strip()}" if output.strip() else ""
         super().__init__(f"{hook} hook of {who} {how}{tail}")
+
+
+class TaskBusy(TaskmuxError):
+    """Another process holds a task's lock and did not let go in time."""
+
+    def __init__(self, task: str, holder: str, waited_s: float) -> None:
+        self.task = task
+        self.holder = holder
+        self.waited_s = waited_s
+        super().__init__(
+            f"task '{task}' is busy: {holder} has held it for the last {waited_s:.0f}s; "
+            "try again once it is done"
+        )
+
+
+class IllegalTransition(TaskmuxError):
+    """A change of a task's record that its current state does not allow."""
+
+
+class StateWriteError(TaskmuxError):
+    """The state folder refused a write: the disk is full, or the folder is read-only."""

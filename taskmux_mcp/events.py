@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -58,6 +58,8 @@ class EventType(StrEnum):
     CONFIG_RELOADED = "config_reloaded"
     CONFIG_INVALID = "config_invalid"
     MONITOR_STARTED = "monitor_started"
+    RECORD_REPAIRED = "record_repaired"
+    LOG_WRITER_REPLACED = "log_writer_replaced"
 
 
 class Cause(StrEnum):
@@ -89,7 +91,7 @@ def _parse(line: bytes) -> tuple[EventRecord, int | None] | None:
         data = json.loads(line)
         pid = data.pop("pid", None)
         return EventRecord.model_validate(data), pid if isinstance(pid, int) else None
-    except (ValueError, TypeError, AttributeError, ValidationError):
+    except (ValueError, TypeError, AttributeError, ValidationError, RecursionError):
         return None
 
 
@@ -134,6 +136,12 @@ class EventLog:
         self, type: EventType, cause: Cause, task: str | None = None, **details: Any
     ) -> EventRecord:
         """Append an event and tell subscribers; disk errors are logged, never raised."""
+        return self.try_record(type, cause, task, **details)[0]
+
+    def try_record(
+        self, type: EventType, cause: Cause, task: str | None = None, **details: Any
+    ) -> tuple[EventRecord, str | None]:
+        """Like record, and also say why the event could not be written, if it could not."""
         event = EventRecord(
             time=datetime.now(UTC),
             type=str(type),
@@ -143,12 +151,14 @@ class EventLog:
         )
         stored = {**event.model_dump(mode="json"), "pid": os.getpid()}
         line = json.dumps(stored, ensure_ascii=False, separators=(",", ":")) + "\n"
+        problem = None
         try:
             self._append(line.encode())
-        except Exception as exc:
-            log.warning("could not record event %s in %s: %s", event.type, self.path, exc)
+        except OSError as exc:
+            problem = f"could not record the {event.type} event in {self.path}: {exc.strerror}"
+            log.warning("%s", problem)
         self._bus.publish(event)
-        return event
+        return event, problem
 
     def _append(self, data: bytes) -> None:
         try:
@@ -183,12 +193,18 @@ class EventLog:
             os.close(fd)
 
     def read(
-        self, task: str | None = None, since: str | None = None, limit: int = 50
+        self,
+        task: str | None = None,
+        since: str | None = None,
+        limit: int = 50,
+        *,
+        tasks: Collection[str] | None = None,
     ) -> EventsResult:
-        """The newest `limit` events (of one task, since a time or the last start), newest last."""
+        """The newest `limit` events (of some tasks, since a moment or the last start), in order."""
         if limit < 1:
             raise InvalidArgument(f"limit must be at least 1 (got {limit})")
         limit = min(limit, MAX_LIMIT)
+        wanted = set(tasks) if tasks else ({task} if task is not None else None)
         when = parse_since(since, datetime.now(UTC)) if since is not None else None
         out: list[EventRecord] = []
         for path in (self.path, self.rotated):
@@ -197,7 +213,7 @@ class EventLog:
                 if parsed is None:
                     continue
                 event = parsed[0]
-                if task is not None and event.task != task:
+                if wanted is not None and event.task not in wanted:
                     continue
                 if isinstance(when, datetime) and event.time < when:
                     return EventsResult(events=out[::-1], truncated=False)

@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,9 +27,14 @@ from heapq import merge
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
+
 from .errors import InvalidArgument
+from .locks import is_locked
 from .logwriter import MARKER_TAG, OUTPUT_SEP, TS_LEN
 from .models import GrepMatch, GrepResult, LogLine, LogsResult
+from .terminal import ESC_BYTES as _ESC
+from .terminal import LINE_CHARS, clean_text, cut_line
 
 MAX_LINES = 5000
 MAX_CONTEXT = 50
@@ -44,14 +50,6 @@ _PARTIAL_SETTLE = 0.5  # follow: a line without newline is shown once unchanged 
 _OUTPUT, _MARKER, _RAW = 0, 1, 2
 _Z, _T, _NL = ord("Z"), ord("T"), ord("\n")
 _MARKER_RE = re.compile(rb"run=(\S*) pid=(\S*)")
-_ESC = re.compile(
-    rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b\n]*(?:\x07|\x1b\\)?"
-    rb"|[PX^_][^\x1b\n]*(?:\x1b\\)?|[ -/]*[0-~])?"
-)
-_TOKENS = re.compile(
-    r"\x1b\[([0-?]*)[ -/]*([@-~])|\x1b(?:\][^\x07\x1b\n]*(?:\x07|\x1b\\)?"
-    r"|[PX^_][^\x1b\n]*(?:\x1b\\)?|[ -/]*[0-~])?|\r|\x08|[^\x1b\r\x08]+"
-)
 MAX_PATTERN = 2000
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?\s*[smhd]\s*)+", re.IGNORECASE)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.IGNORECASE)
@@ -84,51 +82,6 @@ def parse_since(value: str, now: datetime) -> datetime | Literal["start"]:
     except (ValueError, OverflowError):
         raise InvalidArgument(f"invalid since {value!r}: use {_SINCE_FORMS}") from None
     return moment
-
-
-def clean_text(raw: bytes) -> str:
-    """Plain text of one raw output line: escapes removed, \\r and \\b redraws resolved."""
-    if b"\r" in raw or b"\x08" in raw:
-        return _redraw(raw.decode("utf-8", "replace"))
-    if b"\x1b" in raw:
-        raw = _ESC.sub(b"", raw)
-    return raw.decode("utf-8", "replace")
-
-
-def _redraw(text: str) -> str:
-    """What a terminal shows for one line written with \\r, \\b and cursor/erase sequences."""
-    cells: list[str] = []
-    col = 0
-    for m in _TOKENS.finditer(text):
-        token = m.group()
-        first = token[0]
-        if first == "\r":
-            col = 0
-        elif first == "\x08":
-            col = max(0, col - 1)
-        elif first == "\x1b":
-            final = m.group(2)
-            param = m.group(1) or ""
-            n = min(int(param[:9]), len(text)) if param.isdigit() else 0  # clamp to the line
-            if final == "K":
-                if n == 0:
-                    del cells[col:]
-                elif n == 1:
-                    cells[: col + 1] = " " * min(col + 1, len(cells))
-                else:
-                    cells.clear()
-            elif final in ("G", "`"):
-                col = max(0, n - 1)
-            elif final == "C":
-                col = min(col + max(1, n), len(text))
-            elif final == "D":
-                col = max(0, col - max(1, n))
-        else:
-            if col > len(cells):
-                cells.extend(" " * (col - len(cells)))
-            cells[col : col + len(token)] = token
-            col += len(token)
-    return "".join(cells)
 
 
 def _split(line: bytes) -> tuple[int, bytes, bytes]:
@@ -187,8 +140,18 @@ def _marker_text(body: bytes) -> str:
     return f"--- taskmux: run {run} started (pid {pid}) ---"
 
 
-def _log_line(task: str, kind: int, key: bytes, body: bytes) -> LogLine:
-    text = _marker_text(body) if kind == _MARKER else clean_text(body)
+def _log_line(
+    task: str, kind: int, key: bytes, body: bytes, line_chars: int | None = None
+) -> LogLine:
+    if kind == _MARKER:
+        text = _marker_text(body)
+    elif line_chars is not None and len(body) > 4 * line_chars:
+        keep = 4 * line_chars  # a line far too long to show is not cleaned whole
+        text = cut_line(clean_text(body[:keep]), line_chars, more_bytes=len(body) - keep)
+    else:
+        text = clean_text(body)
+        if line_chars is not None:
+            text = cut_line(text, line_chars)
     return LogLine(task=task, time=_time(key), text=text)
 
 
@@ -667,13 +630,18 @@ class LogStore:
             raise InvalidArgument(f"invalid task name for a log file: {task!r}")
         return self.log_dir / f"{task}.log"
 
-    def pipe_command(self, task: str, run: int) -> str:
-        """The shell command for tmux pipe-pane ('#' escaped; creates the log folder)."""
+    def pipe_command(self, task: str, run: int, *, resume: bool = False) -> str:
+        """The shell command for tmux pipe-pane ('#' escaped; creates the log folder).
+
+        resume: a writer replacing one that died mid-run (it notes the gap, no start marker).
+        """
         path = self.path(task)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            self.log_dir.mkdir(parents=True, exist_ok=True)
         argv = [*writer_argv(self.writer), str(path), str(run)]
         quoted = [shlex.quote(a).replace("#", "##") for a in argv]
-        return " ".join(["exec", *quoted, "#{pane_pid}", str(self.max_bytes), str(self.max_files)])
+        words = ["exec", *quoted, "#{pane_pid}", str(self.max_bytes), str(self.max_files)]
+        return " ".join([*words, "resume"] if resume else words)
 
     def remove(self, task: str) -> None:
         """Delete every log file of a task."""
@@ -691,8 +659,16 @@ class LogStore:
     def _since(self, since: str | None) -> Since:
         return None if since is None else parse_since(since, datetime.now(UTC))
 
-    def tail(self, tasks: Sequence[str], lines: int = 100, since: str | None = None) -> LogsResult:
-        """The last `lines` lines (at most MAX_LINES) of tasks, interleaved by time, cleaned."""
+    def tail(
+        self,
+        tasks: Sequence[str],
+        lines: int = 100,
+        since: str | None = None,
+        *,
+        line_chars: int | None = None,
+    ) -> LogsResult:
+        """The last `lines` lines (at most MAX_LINES) of tasks, interleaved by time, cleaned
+        (and cut past line_chars characters, when given)."""
         if lines < 1:
             raise InvalidArgument(f"lines must be at least 1 (got {lines})")
         limit = min(lines, MAX_LINES)
@@ -701,7 +677,7 @@ class LogStore:
         truncated, omitted = False, 0
         for task in dict.fromkeys(tasks):
             with _Files(self.path(task)) as files:
-                got, cut, left = self._tail_files(task, files, limit, when)
+                got, cut, left = self._tail_files(task, files, limit, when, line_chars)
             per_task.append(got)
             truncated |= cut
             omitted += left
@@ -713,7 +689,7 @@ class LogStore:
         return LogsResult(lines=[line for _, line in merged], truncated=truncated, omitted=omitted)
 
     def _tail_files(
-        self, task: str, files: _Files, limit: int, when: Since
+        self, task: str, files: _Files, limit: int, when: Since, line_chars: int | None = None
     ) -> tuple[list[tuple[bytes, LogLine]], bool, int]:
         """Newest `limit` lines of one task (oldest first, with sort keys), cut flag, omitted."""
         since_key = _key(when) if isinstance(when, datetime) else None
@@ -743,12 +719,40 @@ class LogStore:
                         more, _ = _count_back(files, fi, start, when, since_key)
                         return out[::-1], True, len(rest) + more
                     last_key = key or last_key
-                    out.append((last_key, _log_line(task, kind, key, body)))
+                    out.append((last_key, _log_line(task, kind, key, body, line_chars)))
         return out[::-1], False, 0
 
     def last_run_lines(self, task: str, n: int = 20) -> list[str]:
-        """Cleaned last `n` lines of the task's current run (for failure reports)."""
-        return [line.text for line in self.tail([task], lines=max(1, n), since="start").lines]
+        """Cleaned last `n` lines of the task's current run (for failure reports), cut."""
+        tail = self.tail([task], lines=max(1, n), since="start", line_chars=LINE_CHARS)
+        return [line.text for line in tail.lines]
+
+    def _writer(self, task: str) -> tuple[bool | None, int, int]:
+        """Whether the log's writer lock is held, and the pid and run its last holder wrote."""
+        lock = Path(str(self.path(task)) + ".lock")
+        held = is_locked(lock)
+        try:
+            pid, run = lock.read_bytes()[:64].split()
+            return held, int(pid), int(run)
+        except (OSError, ValueError):
+            return held, 0, 0
+
+    async def drain_writer(self, task: str, run: int, *, timeout: float) -> bool:
+        """Once run's pane is dead: wait until its log writer has started, been asked to finish
+        (tmux has handed it every byte), written them all and let go of the log."""
+        deadline = time.monotonic() + timeout
+        asked: set[int] = set()
+        while True:
+            held, pid, written_by = self._writer(task)
+            if not held and written_by >= run:
+                return True
+            if held and pid > 1 and pid != os.getpid() and pid not in asked:
+                asked.add(pid)  # never a process group (0, -1), never us
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGUSR1)
+            if time.monotonic() >= deadline:
+                return False
+            await anyio.sleep(0.005)
 
     def grep(
         self,

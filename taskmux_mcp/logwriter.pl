@@ -1,16 +1,20 @@
 #!/usr/bin/perl
 # taskmux log writer: the twin of logwriter.py (same arguments, same on-disk format; see there).
-# Usage: logwriter.pl LOG RUN PID MAX_BYTES MAX_FILES   (raw pane output on stdin)
+# Usage: logwriter.pl LOG RUN PID MAX_BYTES MAX_FILES [resume]   (raw pane output on stdin)
 use strict;
 use warnings;
 use Time::HiRes ();
 
-my ($path, $run, $pid, $max_bytes, $max_files) = @ARGV;
-die "usage: logwriter.pl LOG RUN PID MAX_BYTES MAX_FILES\n"
-  unless @ARGV == 5 && $max_bytes =~ /^\d+$/ && $max_files =~ /^\d+$/;
+my ($path, $run, $pid, $max_bytes, $max_files, $resume) = @ARGV;
+die "usage: logwriter.pl LOG RUN PID MAX_BYTES MAX_FILES [resume]\n"
+  unless (@ARGV == 5 || (@ARGV == 6 && $resume eq 'resume'))
+  && $max_bytes =~ /^\d+$/ && $max_files =~ /^\d+$/;
 $max_bytes = 1 if $max_bytes < 1;
 $max_files = 1 if $max_files < 1;
 $SIG{HUP} = 'IGNORE';    # drain the pipe to EOF even if tmux hangs up
+# SIGUSR1 asks us to finish once the pipe is empty: tmux has handed it every byte of a dead pane.
+my $draining = 0;
+$SIG{USR1} = sub { $draining = 1 };
 umask 077;
 
 my $cap = int($max_bytes / 4);
@@ -44,6 +48,8 @@ if (open($lock, '>>', "$path.lock")) {
         last if Time::HiRes::time() >= $deadline;
         select(undef, undef, undef, 0.02);
     }
+    truncate($lock, 0);
+    syswrite($lock, "$$ $run");
 }
 
 my ($out, $size);
@@ -92,11 +98,24 @@ if ($size > 0 && open(my $in, '<:raw', $path)) {
     close($in);
     put("\n") if $last ne "\n";
 }
-put(stamp() . " \@taskmux start run=$run pid=$pid\n");
+if (defined $resume) {
+    put(stamp() . "\t[taskmux] the log writer was replaced; output written just before may be missing\n");
+} else {
+    put(stamp() . " \@taskmux start run=$run pid=$pid\n");
+}
 
 my ($at_bol, $line_len, $held_cr) = (1, 0, 0);
 binmode(STDIN);
+my $rin = '';
+vec($rin, fileno(STDIN), 1) = 1;
 while (1) {
+    my $rout;
+    # 2 s: a drain request that lands just before select is seen anyway; 0 once draining.
+    my $n = select($rout = $rin, undef, undef, $draining ? 0 : 2.0);
+    if ($n <= 0) {
+        last if $draining && $n == 0;    # nothing left in the pipe: everything is written
+        next;
+    }
     my $buf;
     my $got = sysread(STDIN, $buf, 65536);
     if (!defined $got) {

@@ -1,8 +1,9 @@
 """The log writer behind a task's pipe, and the on-disk format it shares with the readers.
 
-Run as ``python -I -S logwriter.py LOG RUN PID MAX_BYTES MAX_FILES`` with the raw pane output
-on stdin; ``logwriter.pl`` (same arguments, same output) is the lighter twin used when perl
-is installed. Format of LOG, one record per line::
+Run as ``python -I -S logwriter.py LOG RUN PID MAX_BYTES MAX_FILES [resume]`` with the raw
+pane output on stdin (``resume``: it replaces a writer that died during the run, so it notes the
+gap instead of writing a start marker); ``logwriter.pl`` (same arguments, same output) is the
+lighter twin used when perl is installed. Format of LOG, one record per line::
 
     2026-11-26T04:02:36.123456Z\\t<raw output bytes>\\n      output (UTC time of its first byte)
     2026-11-26T04:02:36.123456Z @taskmux start run=3 pid=1234\\n   start marker, first of a run
@@ -10,8 +11,11 @@ is installed. Format of LOG, one record per line::
 The pty's ``\\r\\n`` is stored as ``\\n``; every other byte is kept (ANSI escapes, ``\\r``). A
 partial line is written as it arrives (the file's last record may lack its newline); lines
 longer than ``line_cap(max_bytes)`` are split. The file rotates by size at a line boundary:
-LOG -> LOG.1 -> ... -> LOG.<MAX_FILES-1>. A writer holds ``LOG.lock`` for its whole life, and
-a new one waits up to ``LOCK_WAIT`` seconds for the previous writer of the same log to drain.
+LOG -> LOG.1 -> ... -> LOG.<MAX_FILES-1>. A writer holds ``LOG.lock`` (its pid and run written
+inside) for its whole life, and a new one waits up to ``LOCK_WAIT`` seconds for the previous writer
+of the same log to drain.
+SIGUSR1 asks a writer to finish: once its pane is dead tmux has handed the pipe every byte, so
+the writer writes what is left in the pipe and exits, letting go of the lock (a flush barrier).
 This module imports only the standard library so it runs without the package's environment.
 """
 
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
+import signal
 import sys
 import time
 
@@ -27,7 +33,9 @@ OUTPUT_SEP = b"\t"
 MARKER_TAG = b" @taskmux start "
 READ_SIZE = 65536
 LOCK_WAIT = 2.0
-USAGE = "usage: logwriter.py LOG RUN PID MAX_BYTES MAX_FILES"
+IDLE_WAIT = 2.0  # a drain request is seen within this long even if its wake-up is missed
+USAGE = "usage: logwriter.py LOG RUN PID MAX_BYTES MAX_FILES [resume]"
+RESUMED = b"[taskmux] the log writer was replaced; output written just before may be missing"
 
 
 def line_cap(max_bytes: int) -> int:
@@ -107,7 +115,7 @@ class _Log:
         self.reopen()
 
 
-def _lock(path: str) -> int:
+def _lock(path: str, run_no: str) -> int:
     """Take the writer lock of a log, waiting up to LOCK_WAIT for the previous writer."""
     try:
         fd = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
@@ -117,6 +125,11 @@ def _lock(path: str) -> int:
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {run_no}".encode())
+            except OSError:
+                pass
             return fd
         except OSError:
             if time.monotonic() >= deadline:
@@ -125,19 +138,45 @@ def _lock(path: str) -> int:
 
 
 def run(
-    path: str, run_no: str, pid: str, max_bytes: int, max_files: int, *, source: int = 0
+    path: str,
+    run_no: str,
+    pid: str,
+    max_bytes: int,
+    max_files: int,
+    *,
+    source: int = 0,
+    resume: bool = False,
 ) -> None:
     """Copy the raw output read from fd `source` into the log at `path` until EOF."""
     os.umask(0o077)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    lock_fd = _lock(path)
+    lock_fd = _lock(path, run_no)
     log = _Log(path, max_bytes, max_files)
     cap = line_cap(max_bytes)
     if log.ends_mid_line():
         log.put(b"\n")
-    log.put(marker(time.time(), run_no, pid))
+    if resume:
+        log.put(stamp(time.time()) + OUTPUT_SEP + RESUMED + b"\n")
+    else:
+        log.put(marker(time.time(), run_no, pid))
     at_bol, line_len, held_cr = True, 0, False
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGUSR1, lambda *_: None)
+    draining = False
     while True:
+        try:
+            ready = select.select([source, wake_r], [], [], 0 if draining else IDLE_WAIT)[0]
+        except InterruptedError:
+            continue
+        if wake_r in ready:
+            os.read(wake_r, 64)
+            draining = True
+        if source not in ready:
+            if draining:
+                break  # nothing left in the pipe: everything tmux gave is written
+            continue
         try:
             buf = os.read(source, READ_SIZE)
         except InterruptedError:
@@ -189,17 +228,17 @@ def run(
 
 def main(argv: list[str]) -> int:
     """Entry point: ``logwriter.py LOG RUN PID MAX_BYTES MAX_FILES``."""
-    if len(argv) != 5:
+    if len(argv) not in (5, 6) or (len(argv) == 6 and argv[5] != "resume"):
         print(USAGE, file=sys.stderr)
         return 2
-    path, run_no, pid, max_bytes, max_files = argv
+    path, run_no, pid, max_bytes, max_files = argv[:5]
     try:
         limits = int(max_bytes), int(max_files)
     except ValueError:
         print(USAGE, file=sys.stderr)
         return 2
     try:
-        run(path, run_no, pid, max(1, limits[0]), max(1, limits[1]))
+        run(path, run_no, pid, max(1, limits[0]), max(1, limits[1]), resume=len(argv) == 6)
     except KeyboardInterrupt:
         return 130
     return 0

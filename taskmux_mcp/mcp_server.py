@@ -1,11 +1,16 @@
-"""The stdio MCP server: SPEC §7's tools, resources, subscriptions and notifications."""
+"""The stdio MCP server: the declared operations as tools, resources, subscriptions, notifications.
+
+Tools are built from `operations`: their input schemas are the declarations' strict ones, and
+arguments are checked by the same `bind` the CLI and the bridge use (unknown names refused with
+a did-you-mean). Every reply fits the reply budget. The server, its monitor and the tools share
+one `Project`, so a tool call and a policy action on one task are serialized by its lock.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import importlib.metadata
-import inspect
 import json
 import logging
 import logging.handlers
@@ -25,27 +30,21 @@ from mcp.server import MCPServer
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.tools.base import Tool
 from mcp.server.session import ServerSession
+from mcp.server.stdio import stdio_server
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
+from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from pydantic import BaseModel, Field
 
+from .budget import REPLY_BUDGET
+from .config import CONFIG_FILENAME
 from .errors import ConfigError, TaskmuxError, UnknownTask
 from .events import Cause, EventType
-from .models import (
-    ActionResult,
-    EventRecord,
-    EventsResult,
-    GrepResult,
-    HealthResult,
-    InspectResult,
-    LogsResult,
-    StatusResult,
-)
+from .models import BaseModel, EventRecord
 from .monitor import Monitor
-from .project import ProjectHandle
-from .supervisor import Supervisor
-from .tools import TOOL_INFO, Tools
+from .operations import OPERATIONS, Call, Operation, perform
+from .project import Project, ProjectSlot
 
 log = logging.getLogger("taskmux.mcp")
 
@@ -65,12 +64,17 @@ failure; `events` shows what happened; `stop` / `kill` end tasks."""
 STATUS_URI: Final = "taskmux://status"
 CONFIG_URI: Final = "taskmux://config"
 EVENTS_URI: Final = "taskmux://events"
+TASK_PREFIX: Final = "taskmux://tasks/"
+LOGS_PREFIX: Final = "taskmux://logs/"
 LOG_RESOURCE_LINES: Final = 200
+RESOURCE_NOT_FOUND: Final = -32002
+INVALID_PARAMS: Final = -32602
 PROJECT_RETRY_S: Final = 1.0
 MONITOR_RETRY_S: Final = 2.0
 HEARTBEAT_S: Final = 5.0
 SHUTDOWN_GRACE_S: Final = 5.0
 LOG_FILE_BYTES: Final = 1_000_000
+MAX_MESSAGE: Final = 4 * 1024 * 1024
 
 LOG_LEVELS: Final[tuple[types.LoggingLevel, ...]] = get_args(types.LoggingLevel)
 STATE_EVENTS: Final = frozenset(
@@ -83,18 +87,10 @@ STATE_EVENTS: Final = frozenset(
         EventType.RESTART_SCHEDULED,
         EventType.GAVE_UP,
         EventType.HEALTH_CHANGED,
+        EventType.RECORD_REPAIRED,
     }
 )
 CONFIG_EVENTS: Final = frozenset({EventType.CONFIG_RELOADED, EventType.CONFIG_INVALID})
-
-TaskList = Annotated[
-    list[str],
-    Field(default_factory=list, description="task names; empty or omitted means the default set"),
-]
-Since = Annotated[
-    str | None,
-    Field(description='"start" (current run only), a duration like "30s"/"5m"/"2h", or ISO 8601'),
-]
 
 
 def package_version() -> str:
@@ -107,7 +103,7 @@ def package_version() -> str:
 
 def task_uri(name: str) -> str:
     """The resource URI of one task."""
-    return f"taskmux://tasks/{name}"
+    return f"{TASK_PREFIX}{name}"
 
 
 @dataclass
@@ -165,6 +161,8 @@ def describe(event: EventRecord) -> tuple[types.LoggingLevel, str] | None:
                 "error",
                 f"taskmux.toml is invalid (the last valid config stays in force): {errors}",
             )
+        case EventType.LOG_WRITER_REPLACED:
+            return "warning", f"{task}: {d.get('reason', 'log writer replaced')}; {d.get('detail')}"
     return None
 
 
@@ -209,26 +207,27 @@ async def tell(
     )
 
 
-async def wait_for_project(handle: ProjectHandle, peer: Peer) -> Supervisor:
-    """A supervisor of its own for the monitor, once taskmux.toml is found and valid; until
-    then the connection is told what is wrong each time that changes."""
+def explained(error: TaskmuxError, slot: ProjectSlot) -> str:
+    """An error as an agent should read it: what is wrong, and what to do."""
+    if isinstance(error, ConfigError) and error.path is not None:
+        kept = " (the last valid config is still in force)" if slot.current is not None else ""
+        return f"{error}\nFix taskmux.toml and call again{kept}."
+    return str(error)
+
+
+async def wait_for_project(slot: ProjectSlot, peer: Peer) -> Project:
+    """The project, once taskmux.toml is found and usable; until then the connection is told
+    what is wrong each time that changes."""
     reported: str | None = None
     while True:
-        handle.refresh()
-        current = handle.current
-        problem = str(handle.error) if handle.error else "no usable taskmux.toml"
-        if current is not None:
-            try:
-                return Supervisor(
-                    current.config,
-                    socket_name=handle.tmux_socket,
-                    cause=Cause.POLICY,
-                    host_monitor=False,
-                )
-            except Exception as exc:  # e.g. an unwritable state folder: say so, keep serving
-                problem = f"cannot run the monitor: {exc}"
+        try:
+            return slot.get()
+        except TaskmuxError as exc:
+            problem = str(exc)
+        except OSError as exc:  # e.g. an unwritable state folder: say so, keep serving
+            problem = f"cannot open the project: {exc}"
         if problem != reported:
-            log.warning("monitor waiting for a valid taskmux.toml: %s", problem)
+            log.warning("monitor waiting for a usable taskmux.toml: %s", problem)
             await tell(peer, "error", problem, event=EventType.CONFIG_INVALID)
             reported = problem
         await anyio.sleep(PROJECT_RETRY_S)
@@ -265,11 +264,11 @@ async def run_monitor(monitor: Monitor) -> None:
             await anyio.sleep(MONITOR_RETRY_S)
 
 
-async def pump(peer: Peer, sup: Supervisor) -> None:
+async def pump(peer: Peer, project: Project) -> None:
     """Forward every event of the project (from any process) to the connection."""
     while True:
         try:
-            async with sup.events.subscribe() as feed:
+            async with project.events.subscribe() as feed:
                 async for event in feed:
                     await publish(peer, event)
             return
@@ -278,24 +277,16 @@ async def pump(peer: Peer, sup: Supervisor) -> None:
             await anyio.sleep(MONITOR_RETRY_S)
 
 
-async def background(handle: ProjectHandle, peer: Peer, log_to_state: bool) -> None:
+async def background(slot: ProjectSlot, peer: Peer, log_to_state: bool) -> None:
     """The connection's background work: the monitor and the event→notification pump."""
-    sup = await wait_for_project(handle, peer)
+    project = await wait_for_project(slot, peer)
     if log_to_state:
-        attach_log_file(sup.paths.root)
-    log.info("project %s (%s); monitor standing by", sup.config.name, sup.config.config_path)
-    peer.monitor = Monitor(sup, host="mcp")
+        attach_log_file(project.paths.root)
+    log.info("project %s (%s); monitor standing by", project.config.name, project.config_path)
+    peer.monitor = Monitor(project, host="mcp")
     async with anyio.create_task_group() as group:
         group.start_soon(run_monitor, peer.monitor)
-        group.start_soon(pump, peer, sup)
-
-
-async def translated(call: Awaitable[T]) -> T:
-    """Await a core call; its errors become tool errors the agent reads."""
-    try:
-        return await call
-    except TaskmuxError as exc:
-        raise ToolError(str(exc)) from exc
+        group.start_soon(pump, peer, project)
 
 
 def progress_reporter(ctx: Context[Any, Any]) -> Callable[[str], Awaitable[None]]:
@@ -343,133 +334,6 @@ async def with_heartbeat(
     return result[0]
 
 
-def annotations_for(name: str, title: str) -> types.ToolAnnotations:
-    """SPEC §7's hints for one tool."""
-    info = TOOL_INFO[name]
-    return types.ToolAnnotations(
-        title=title,
-        read_only_hint=info.read_only,
-        destructive_hint=info.destructive,
-        idempotent_hint=info.idempotent,
-        open_world_hint=False,
-    )
-
-
-def doc(method: Callable[..., Any]) -> str:
-    """A Tools method's docstring, as the tool description."""
-    return inspect.getdoc(method) or ""
-
-
-def register_tools(server: MCPServer[Any], tools: Tools) -> None:
-    """The ten tools, with SPEC §7's names, arguments and defaults."""
-
-    async def status() -> Annotated[types.CallToolResult, StatusResult]:
-        return answer(await translated(tools.status()))
-
-    async def start(
-        ctx: Context[Any, Any],
-        tasks: TaskList,
-        wait: Annotated[bool, Field(description="wait until the tasks are up")] = True,
-        timeout: Annotated[float, Field(description="seconds to wait at most")] = 60,
-    ) -> Annotated[types.CallToolResult, ActionResult]:
-        return answer(
-            await with_heartbeat(
-                ctx,
-                lambda report: translated(
-                    tools.start(tasks, wait=wait, timeout=timeout, progress=report)
-                ),
-            )
-        )
-
-    async def stop(tasks: TaskList) -> Annotated[types.CallToolResult, ActionResult]:
-        return answer(await translated(tools.stop(tasks)))
-
-    async def restart(
-        ctx: Context[Any, Any],
-        tasks: TaskList,
-        wait: Annotated[bool, Field(description="wait until the tasks are up")] = True,
-        timeout: Annotated[float, Field(description="seconds to wait at most")] = 60,
-    ) -> Annotated[types.CallToolResult, ActionResult]:
-        return answer(
-            await with_heartbeat(
-                ctx,
-                lambda report: translated(
-                    tools.restart(tasks, wait=wait, timeout=timeout, progress=report)
-                ),
-            )
-        )
-
-    async def kill(
-        tasks: Annotated[list[str], Field(description="task names (at least one)")],
-    ) -> Annotated[types.CallToolResult, ActionResult]:
-        return answer(await translated(tools.kill(tasks)))
-
-    async def logs(
-        task: Annotated[str | None, Field(description="one task; omitted: all, by time")] = None,
-        lines: Annotated[int, Field(description="how many of the last lines")] = 100,
-        since: Since = None,
-    ) -> Annotated[types.CallToolResult, LogsResult]:
-        return answer(await translated(tools.logs(task, lines=lines, since=since)))
-
-    async def grep(
-        pattern: Annotated[str, Field(description="Python regular expression")],
-        tasks: TaskList,
-        context: Annotated[int, Field(description="lines of context before and after")] = 2,
-        ignore_case: bool = False,
-        since: Since = None,
-        max_matches: Annotated[int, Field(description="stop after this many matches")] = 100,
-    ) -> Annotated[types.CallToolResult, GrepResult]:
-        return answer(
-            await translated(
-                tools.grep(
-                    pattern,
-                    tasks,
-                    context=context,
-                    ignore_case=ignore_case,
-                    since=since,
-                    max_matches=max_matches,
-                )
-            )
-        )
-
-    async def inspect_(
-        task: Annotated[str, Field(description="the task's name")],
-    ) -> Annotated[types.CallToolResult, InspectResult]:
-        return answer(await translated(tools.inspect(task)))
-
-    async def health(tasks: TaskList) -> Annotated[types.CallToolResult, HealthResult]:
-        return answer(await translated(tools.health(tasks)))
-
-    async def events(
-        task: Annotated[str | None, Field(description="one task; omitted: all")] = None,
-        since: Since = None,
-        limit: Annotated[int, Field(description="how many of the newest events")] = 50,
-    ) -> Annotated[types.CallToolResult, EventsResult]:
-        return answer(await translated(tools.events(task, since=since, limit=limit)))
-
-    table: list[tuple[str, str, Callable[..., Awaitable[Any]], Callable[..., Any]]] = [
-        ("status", "Task status", status, tools.status),
-        ("start", "Start tasks", start, tools.start),
-        ("stop", "Stop tasks", stop, tools.stop),
-        ("restart", "Restart tasks", restart, tools.restart),
-        ("kill", "Kill tasks", kill, tools.kill),
-        ("logs", "Read task logs", logs, tools.logs),
-        ("grep", "Search task logs", grep, tools.grep),
-        ("inspect", "Inspect a task", inspect_, tools.inspect),
-        ("health", "Run health checks", health, tools.health),
-        ("events", "Recent events", events, tools.events),
-    ]
-    for name, title, fn, method in table:
-        server.add_tool(
-            fn,
-            name=name,
-            title=title,
-            description=doc(method),
-            annotations=annotations_for(name, title),
-            structured_output=True,
-        )
-
-
 def answer(model: BaseModel) -> types.CallToolResult:
     """A tool result: the model as structured content, and as compact JSON text for the model
     to read (nulls left out)."""
@@ -484,16 +348,97 @@ def dumps(model: Any) -> str:
     return str(model.model_dump_json(exclude_none=True))
 
 
-def register_resources(server: MCPServer[Any], handle: ProjectHandle, tools: Tools) -> None:
+# ------------------------------------------------------------------ tools
+
+
+class DeclaredTool(Tool):
+    """A tool whose schema and argument checks come from an operation's declaration."""
+
+    operation: Any = None
+    slot: Any = None
+
+    async def run(
+        self, arguments: dict[str, Any], context: Context[Any, Any], convert_result: bool = False
+    ) -> Any:
+        """Check the arguments, perform the operation, answer within the reply budget."""
+        op: Operation = self.operation
+        slot: ProjectSlot = self.slot
+        try:
+            project = slot.get()
+
+            async def work(report: Callable[[str], Awaitable[None]]) -> BaseModel:
+                call = Call(cause=Cause.AGENT, progress=report)
+                return await perform(project, op.name, arguments, call, budget=REPLY_BUDGET)
+
+            result = await (with_heartbeat(context, work) if op.waits else work(_no_progress))
+        except TaskmuxError as exc:
+            raise ToolError(explained(exc, slot)) from exc
+        except OSError as exc:
+            raise ToolError(f"{op.name} could not be done: {exc}") from exc
+        return answer(result)
+
+
+async def _no_progress(message: str) -> None:
+    return None
+
+
+def declared_tools(slot: ProjectSlot) -> list[Tool]:
+    """One tool per declared operation, with SPEC §7's names, hints and strict schemas."""
+    tools: list[Tool] = []
+    for op in OPERATIONS.values():
+
+        async def placeholder(ctx: Context[Any, Any]) -> Any:  # run() is overridden
+            raise NotImplementedError
+
+        placeholder.__annotations__ = {
+            "ctx": Context,
+            "return": Annotated[types.CallToolResult, op.result],
+        }
+        tool = DeclaredTool.from_function(
+            placeholder,
+            name=op.name,
+            title=op.title,
+            description=op.doc,
+            annotations=types.ToolAnnotations(
+                title=op.title,
+                read_only_hint=op.read_only,
+                destructive_hint=op.destructive,
+                idempotent_hint=op.idempotent,
+                open_world_hint=False,
+            ),
+            structured_output=True,
+        )
+        assert isinstance(tool, DeclaredTool)
+        tool.parameters = op.input_schema()
+        tool.operation = op
+        tool.slot = slot
+        tools.append(tool)
+    return tools
+
+
+# ------------------------------------------------------------------ resources
+
+
+def _known_uri(uri: str, project: Project | None) -> bool:
+    if uri in (STATUS_URI, CONFIG_URI, EVENTS_URI):
+        return True
+    for prefix in (TASK_PREFIX, LOGS_PREFIX):
+        if uri.startswith(prefix):
+            return project is not None and uri[len(prefix) :] in project.config.tasks
+    return False
+
+
+def register_resources(server: MCPServer[Any], slot: ProjectSlot) -> None:
     """taskmux://config, status, tasks/{name}, logs/{name} and events."""
 
-    async def read(call: Awaitable[T]) -> T:
+    async def read(name: str, raw: dict[str, Any]) -> BaseModel:
         try:
-            return await call
+            project = slot.get()
+            return await perform(project, name, raw, Call(Cause.AGENT), budget=REPLY_BUDGET)
         except UnknownTask as exc:
             raise ResourceNotFoundError(str(exc)) from exc
         except TaskmuxError as exc:
-            raise ResourceError(str(exc)) from exc
+            raise ResourceError(explained(exc, slot)) from exc
 
     @server.resource(
         CONFIG_URI,
@@ -503,10 +448,13 @@ def register_resources(server: MCPServer[Any], handle: ProjectHandle, tools: Too
         mime_type="application/json",
     )
     def config_resource() -> str:
-        handle.refresh()
-        current = handle.current
-        error = handle.error
-        path: Path | None = current.config.config_path if current is not None else None
+        error: TaskmuxError | None
+        try:
+            project: Project | None = slot.get()
+            error = project.config_error if project is not None else None
+        except TaskmuxError as exc:
+            project, error = slot.current, exc
+        path = project.config_path if project is not None else None
         if path is None and isinstance(error, ConfigError):
             path = error.path
         text = None
@@ -518,7 +466,7 @@ def register_resources(server: MCPServer[Any], handle: ProjectHandle, tools: Too
                 "path": str(path) if path else None,
                 "text": text,
                 "error": str(error) if error else None,
-                "in_force": current is not None,
+                "in_force": project is not None,
             }
         )
 
@@ -530,7 +478,7 @@ def register_resources(server: MCPServer[Any], handle: ProjectHandle, tools: Too
         mime_type="application/json",
     )
     async def status_resource() -> str:
-        return dumps(await read(tools.status()))
+        return dumps(await read("status", {}))
 
     @server.resource(
         "taskmux://tasks/{name}",
@@ -540,7 +488,7 @@ def register_resources(server: MCPServer[Any], handle: ProjectHandle, tools: Too
         mime_type="application/json",
     )
     async def task_resource(name: str) -> str:
-        return dumps(await read(tools.inspect(name)))
+        return dumps(await read("inspect", {"task": name}))
 
     @server.resource(
         "taskmux://logs/{name}",
@@ -550,11 +498,11 @@ def register_resources(server: MCPServer[Any], handle: ProjectHandle, tools: Too
         mime_type="text/plain",
     )
     async def logs_resource(name: str) -> str:
-        result = await read(tools.logs(name, lines=LOG_RESOURCE_LINES))
+        result = await read("logs", {"tasks": [name], "lines": LOG_RESOURCE_LINES})
         stamp = "%Y-%m-%dT%H:%M:%SZ"
+        lines = getattr(result, "lines", [])
         return "".join(
-            f"{line.time.strftime(stamp) if line.time else '-'} {line.text}\n"
-            for line in result.lines
+            f"{line.time.strftime(stamp) if line.time else '-'} {line.text}\n" for line in lines
         )
 
     @server.resource(
@@ -565,18 +513,29 @@ def register_resources(server: MCPServer[Any], handle: ProjectHandle, tools: Too
         mime_type="application/json",
     )
     async def events_resource() -> str:
-        return dumps(await read(tools.events()))
+        return dumps(await read("events", {}))
 
 
-def register_protocol(server: MCPServer[Peer]) -> None:
-    """resources/subscribe, resources/unsubscribe and logging/setLevel (2025-11-25 era)."""
+def register_protocol(server: MCPServer[Peer], slot: ProjectSlot) -> None:
+    """resources/subscribe (known resources only), unsubscribe, logging/setLevel; no prompts;
+    a resource that does not exist answers -32002, as the 2025-era protocol says."""
     lowlevel = server._lowlevel_server  # the SDK exposes no public handle for these methods
+    for method in ("prompts/list", "prompts/get"):
+        lowlevel._request_handlers.pop(method, None)  # taskmux has no prompts: advertise none
 
     async def subscribe(
         ctx: ServerRequestContext[Peer, Any], params: types.SubscribeRequestParams
     ) -> types.EmptyResult:
+        uri = str(params.uri)
+        project: Project | None
+        try:
+            project = slot.get()
+        except TaskmuxError:
+            project = slot.current
+        if not _known_uri(uri, project):
+            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri[:200]}", {"uri": uri})
         ctx.lifespan_context.session = ctx.session
-        ctx.lifespan_context.subscribed.add(str(params.uri))
+        ctx.lifespan_context.subscribed.add(uri)
         return types.EmptyResult()
 
     async def unsubscribe(
@@ -601,25 +560,27 @@ def register_protocol(server: MCPServer[Peer]) -> None:
         ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
         peer = ctx.lifespan_context
-        if (
-            isinstance(peer, Peer)
-            and ctx.request_id is not None
-            and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
-        ):
+        legacy = ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
+        if isinstance(peer, Peer) and ctx.request_id is not None and legacy:
             peer.session = ctx.session
-        return await call_next(ctx)
+        try:
+            return await call_next(ctx)
+        except MCPError as exc:
+            missing = ctx.method == "resources/read" and exc.code == INVALID_PARAMS
+            if missing and legacy and isinstance(exc.data, dict) and "uri" in exc.data:
+                raise MCPError(RESOURCE_NOT_FOUND, exc.message, exc.data) from exc
+            raise
 
     server.middleware.append(remember_session)
 
 
 def build_server(
-    handle: ProjectHandle,
+    slot: ProjectSlot,
     *,
     log_to_state: bool = False,
     on_close: Callable[[], None] | None = None,
 ) -> MCPServer[Peer]:
     """The MCP server for one project: tools, resources, notifications and the monitor."""
-    tools = Tools(handle)
     bus = InMemorySubscriptionBus()
 
     @asynccontextmanager
@@ -627,7 +588,7 @@ def build_server(
         peer = Peer(bus=bus)
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(background, handle, peer, log_to_state)
+                group.start_soon(background, slot, peer, log_to_state)
                 try:
                     yield peer
                 finally:
@@ -646,11 +607,126 @@ def build_server(
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         subscriptions=bus,
+        tools=declared_tools(slot),
     )
-    register_tools(server, tools)
-    register_resources(server, handle, tools)
-    register_protocol(server)
+    register_resources(server, slot)
+    register_protocol(server, slot)
     return server
+
+
+def project_slot(
+    project: str | Path | None, config: str | Path | None, tmux_socket: str | None
+) -> ProjectSlot:
+    """The slot of the project an MCP server serves (opened once taskmux.toml is usable)."""
+    return ProjectSlot(
+        lambda: Project.open(
+            project=project, config=config, socket_name=tmux_socket, cause=Cause.AGENT, host="mcp"
+        )
+    )
+
+
+# ------------------------------------------------------------------ stdio
+
+
+class WireOut:
+    """The client's stdout, shared by the SDK's writer and our replies to garbage."""
+
+    def __init__(self, fd: int) -> None:
+        self._file = os.fdopen(fd, "w", encoding="utf-8", closefd=False)
+        self._lock = anyio.Lock()
+
+    async def write(self, text: str) -> None:
+        """Write one message (the SDK flushes after each)."""
+        async with self._lock:
+            await anyio.to_thread.run_sync(self._file.write, text)
+
+    async def flush(self) -> None:
+        """Flush."""
+        async with self._lock:
+            await anyio.to_thread.run_sync(self._file.flush)
+
+
+class WireIn:
+    """The client's messages, one per line; what is not JSON-RPC is answered here (parse error,
+    invalid request, message too long) and never reaches the SDK, which would log it whole."""
+
+    def __init__(self, fd: int, out: WireOut) -> None:
+        self._file = os.fdopen(fd, "rb", closefd=False)
+        self._out = out
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._lines()
+
+    async def _reply(self, code: int, message: str, request_id: Any = None) -> None:
+        error = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+        await self._out.write(json.dumps(error) + "\n")
+        await self._out.flush()
+
+    async def _read_line(self) -> tuple[bytes, bool]:
+        """One line (without its end) and whether it was cut at MAX_MESSAGE; b"" at the end."""
+        line = await anyio.to_thread.run_sync(self._file.readline, MAX_MESSAGE + 1)
+        if len(line) <= MAX_MESSAGE or line.endswith(b"\n"):
+            return line, False
+        while True:  # drop the rest of an over-long line
+            rest = await anyio.to_thread.run_sync(self._file.readline, MAX_MESSAGE)
+            if not rest or rest.endswith(b"\n"):
+                return b"x", True
+
+    async def _lines(self) -> AsyncIterator[str]:
+        while True:
+            line, cut = await self._read_line()
+            if not line:
+                return
+            if cut:
+                log.warning("dropped a message over %d bytes", MAX_MESSAGE)
+                await self._reply(-32600, f"message over {MAX_MESSAGE} bytes")
+                continue
+            text = line.decode("utf-8", "replace").strip()
+            if not text:
+                continue
+            try:
+                data = json.loads(text)
+            except (ValueError, RecursionError) as exc:
+                log.warning("unparseable message (%d bytes)", len(line))
+                await self._reply(-32700, f"Parse error: {str(exc)[:200]}")
+                continue
+            try:
+                types.jsonrpc_message_adapter.validate_json(text, by_name=False)
+            except Exception:
+                request_id = data.get("id") if isinstance(data, dict) else None
+                if not isinstance(request_id, str | int) or isinstance(request_id, bool):
+                    request_id = None
+                log.warning("invalid JSON-RPC message (%d bytes)", len(line))
+                await self._reply(-32600, "Invalid Request: not a JSON-RPC 2.0 message", request_id)
+                continue
+            yield text
+
+
+@contextlib.contextmanager
+def claimed_stdio() -> Any:
+    """The wire's descriptors, with fd 0 on /dev/null and fd 1 on stderr meanwhile, so nothing
+    a handler or a child process prints can reach the client."""
+    wire_in, wire_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    try:
+        yield wire_in, wire_out
+    finally:
+        with contextlib.suppress(OSError):
+            os.dup2(wire_out, 1)
+            os.dup2(wire_in, 0)
+
+
+async def run_stdio(server: MCPServer[Peer]) -> None:
+    """Serve MCP on the process's stdin and stdout, answering garbage ourselves."""
+    lowlevel = server._lowlevel_server
+    with claimed_stdio() as (wire_in, wire_out):
+        out = WireOut(wire_out)
+        stdin = WireIn(wire_in, out)
+        async with stdio_server(stdin=stdin, stdout=out) as (read_stream, write_stream):  # type: ignore[arg-type]
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
 
 def setup_logging() -> None:
@@ -688,26 +764,21 @@ async def watch_signals(scope: anyio.CancelScope, closed: threading.Event) -> No
 def serve(project: str | None, config: str | None, tmux_socket: str | None) -> int:
     """Run the stdio MCP server until stdin closes or a signal arrives."""
     setup_logging()
-    handle = ProjectHandle(
-        project=project,
-        config=config,
-        tmux_socket=tmux_socket,
-        cause=Cause.AGENT,
-        host_monitor=True,
-    )
     closed = threading.Event()
-    server = build_server(handle, log_to_state=True, on_close=closed.set)
+    server = build_server(
+        project_slot(project, config, tmux_socket), log_to_state=True, on_close=closed.set
+    )
 
     async def main() -> None:
         async with anyio.create_task_group() as group:
             group.start_soon(watch_signals, group.cancel_scope, closed)
-            await server.run_stdio_async()
+            await run_stdio(server)
             group.cancel_scope.cancel()
 
     try:
         anyio.run(main)
     except Exception:
-        log.exception("taskmux-mcp failed")
+        log.exception("taskmux-mcp stopped on an unexpected failure")
         return 1
     return 0
 
@@ -718,8 +789,8 @@ def main() -> None:
         prog="taskmux-mcp",
         description="MCP server (stdio) running a project's dev tasks in tmux.",
     )
-    parser.add_argument("--project", metavar="DIR", help="folder of taskmux.toml")
-    parser.add_argument("--config", metavar="FILE", help="path of taskmux.toml")
+    parser.add_argument("--project", metavar="DIR", help=f"folder of {CONFIG_FILENAME}")
+    parser.add_argument("--config", metavar="FILE", help=f"path of {CONFIG_FILENAME}")
     parser.add_argument("--tmux-socket", metavar="NAME", help="named tmux server (tmux -L)")
     parser.add_argument("--version", action="version", version=f"taskmux-mcp {package_version()}")
     args = parser.parse_args()

@@ -74,6 +74,9 @@ class StatusResult(BaseModel):
     config_error: str | None = Field(
         default=None, description="why taskmux.toml cannot be loaded now (last valid one in force)"
     )
+    warnings: list[str] = Field(
+        default_factory=list, description="problems found in the state folder, and their repair"
+    )
 
 
 class TaskResult(BaseModel):
@@ -94,6 +97,9 @@ class TaskResult(BaseModel):
         default_factory=list, description="last log lines of this run (on failure, after restart)"
     )
     duration_s: float | None = None
+    warnings: list[str] = Field(
+        default_factory=list, description="what could not be saved (full disk, read-only state)"
+    )
 
 
 class ActionResult(BaseModel):
@@ -102,6 +108,7 @@ class ActionResult(BaseModel):
     ok: bool = Field(description="true when every task reached what was asked")
     tasks: list[TaskResult]
     message: str | None = None
+    warnings: list[str] = Field(default_factory=list, description="problems beside the tasks'")
 
 
 class ProbeReport(BaseModel):
@@ -134,6 +141,7 @@ class LogsResult(BaseModel):
     lines: list[LogLine]
     truncated: bool = Field(description="true when older lines were left out")
     omitted: int = Field(0, description="how many matching lines were left out, when known")
+    notice: str | None = Field(None, description="what was cut to fit the reply, and why")
 
 
 class GrepMatch(BaseModel):
@@ -150,8 +158,9 @@ class GrepResult(BaseModel):
     """Matches of a pattern across task logs, oldest first."""
 
     matches: list[GrepMatch]
-    truncated: bool = Field(description="true when max_matches cut the list")
+    truncated: bool = Field(description="true when max_matches (or the reply budget) cut it")
     files_searched: int = 0
+    notice: str | None = Field(None, description="what was cut to fit the reply, and why")
 
 
 class EventRecord(BaseModel):
@@ -169,6 +178,7 @@ class EventsResult(BaseModel):
 
     events: list[EventRecord]
     truncated: bool = False
+    notice: str | None = Field(None, description="what was cut to fit the reply, and why")
 
 
 class ProcessEntry(BaseModel):

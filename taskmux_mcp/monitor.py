@@ -1,65 +1,73 @@
-"""The background loop: observe every task, apply restart policies, run checks, reload config."""
+"""The background loop: observe every task, apply restart policies, run checks, reload config.
+
+One monitor leads a project at a time (`lease`); the others stand by. The leader's pass
+(`step`) reads the records and one tmux snapshot without any lock, plans what each task
+needs, and acts only after taking that task's lock without waiting (a task someone else is
+acting on is looked at again on the next pass), checking its lead again, and re-reading the
+task under the lock. All its waits go through the project's clock, so tests drive `step`
+with a fake clock in milliseconds.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import psutil
 
-from .config import ProjectConfig, load_config
-from .errors import ConfigError, TaskmuxError
+from . import lifecycle, readiness, records
+from .backend import Pane
+from .config import ProjectConfig, TaskConfig
+from .errors import StateWriteError, TaskBusy, TaskmuxError
 from .events import Cause, EventType
+from .lease import Lease
+from .lifecycle import Notes, task_digest
+from .locks import FileLock
 from .models import Health
-from .policy import Action, Counters, Decision, Observation, Seen, decide, is_stable
-from .processes import is_running
-from .state import ExitRecord, MonitorLease, TaskRecord, monitor_lock_path, write_atomic
-from .supervisor import Supervisor
+from .policy import (
+    Action,
+    Counters,
+    Decision,
+    Observation,
+    Seen,
+    backoff_delay,
+    decide,
+    is_stable,
+)
+from .processes import describe_signal
+from .project import Project
+from .records import ExitRecord, Phase, Read, StopKind, TaskRecord
 
 log = logging.getLogger("taskmux.monitor")
 
 POLL_S = 0.25
 SWEEP_S = 2.0
-STANDBY_POLL_S = 0.5
 IDLE_CHECK_POLLS = 10
-LAUNCH_S = 10.0
 CONFIG_DEBOUNCE_S = 0.3
+WRITER_GRACE_S = 2.0
 CHANGE_EVENTS = frozenset({"modified", "created", "moved", "deleted", "closed"})
 
 
-class MonitorLock:
-    """The per-project lock whose holder is the acting monitor (released by the kernel on death)."""
+class Need(StrEnum):
+    """What a task needs from the monitor on this pass."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def try_acquire(self) -> bool:
-        """Take the lock if nobody holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        """Let another monitor act."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    REPAIR = "repair its damaged record"
+    ENDED = "deal with the end of its run"
+    VANISHED = "deal with its vanished window"
+    RESTART = "restart it"
+    SETTLE = "settle an interrupted action"
+    STABLE = "reset its restart count"
+    ADOPT = "follow its live pane"
+    REPIPE = "replace its log writer"
 
 
 class ConfigWatcher:
@@ -113,109 +121,103 @@ class ConfigWatcher:
             return True
 
 
+def _counters(record: TaskRecord) -> Counters:
+    return Counters(record.manually_stopped, record.restarts)
+
+
 class Monitor:
-    """Applies the project's restart policies; exactly one monitor per project acts at a time."""
+    """Applies the project's restart policies while it leads; stands by otherwise."""
 
     def __init__(
         self,
-        supervisor: Supervisor,
+        project: Project,
         *,
         host: str,
         watch_config: bool = True,
         exit_when_idle: bool = False,
     ) -> None:
-        self.sup = supervisor
+        self.project = project
         self.host = host
         self.watch_config = watch_config
         self.exit_when_idle = exit_when_idle
+        self.lease = Lease(project.paths.monitor, host=host, clock=project.clock)
         self.acting = False
-        self._lock = MonitorLock(monitor_lock_path(supervisor.paths))
+        self._handled: dict[str, int] = {}
         self._next_check: dict[str, float] = {}
         self._checking: set[str] = set()
-        self._restarting: set[str] = set()
+        self._busy: set[str] = set()
         self._known_pids: dict[str, int] = {}
+        self._reported: dict[str, str] = {}
         self._due: float | None = None
         self._records_stamp = 0
+        self._applied: ProjectConfig = project.config
         self._invalid_config: str | None = None
-        self._config_digest: str | None = self._digest(supervisor.config.config_path)
         self._stop = anyio.Event()
-
-    @property
-    def cause(self) -> Cause:
-        """Cause recorded for the monitor's own actions."""
-        return Cause.POLICY
-
-    async def run(self) -> None:
-        """Stand by until the lock is ours, then act until cancelled or idle."""
-        try:
-            polls = 0
-            while not self._lock.try_acquire():
-                polls += 1
-                if self.exit_when_idle and polls % IDLE_CHECK_POLLS == 0 and await self._idle():
-                    return
-                await anyio.sleep(STANDBY_POLL_S)
-            self.acting = True
-            lease = MonitorLease(pid=os.getpid(), host=self.host, since=time.time())
-            write_atomic(self.sup.paths.root / "monitor.json", lease.model_dump_json().encode())
-            self.sup.record_event(
-                EventType.MONITOR_STARTED, Cause.POLICY, None, pid=os.getpid(), host=self.host
-            )
-            await self._act()
-        finally:
-            self.acting = False
-            self._lock.release()
-
-    async def _idle(self) -> bool:
-        """True when no task of the project has a window and no restart is scheduled."""
-        snap = await self.sup.tmux.snapshot()
-        if any(name in snap.panes for name in self.sup.config.tasks):
-            return False
-        return all(self.sup.store.get(name).restart_at is None for name in self.sup.config.tasks)
-
-    @staticmethod
-    def _digest(path: Path) -> str | None:
-        try:
-            return hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError:
-            return None
 
     def stop(self) -> None:
         """Ask the loop to end."""
         self._stop.set()
 
-    async def _act(self) -> None:
-        watcher = ConfigWatcher(self.sup.config.config_path) if self.watch_config else None
+    # ------------------------------------------------------------ the loop (real time)
+
+    async def run(self) -> None:
+        """Lead when possible, stand by otherwise, until stopped (or idle, when asked)."""
+        watcher = ConfigWatcher(self.project.config_path) if self.watch_config else None
         if watcher is not None:
-            watcher.start()
+            with contextlib.suppress(OSError):
+                watcher.start()
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._until_stopped, group.cancel_scope)
-                last_sweep = 0.0
-                while True:
-                    now = time.monotonic()
-                    try:
-                        due = self._due is not None and time.time() >= self._due
-                        if (
-                            now - last_sweep >= SWEEP_S
-                            or due
-                            or self._records_changed()
-                            or self._pid_vanished()
-                        ):
-                            last_sweep = now
-                            if await self.sweep(group) and self.exit_when_idle:
-                                group.cancel_scope.cancel()
-                                return
-                        self._schedule_checks(group)
-                        if watcher is not None and watcher.settled():
-                            await self.reload_config()
-                    except Exception:
-                        # Nothing a task, tmux or the config does may end the monitor.
-                        log.exception("monitor pass failed; going on")
-                        last_sweep = now
-                    await anyio.sleep(POLL_S)
+                await self._loop(group, watcher)
+                group.cancel_scope.cancel()
         finally:
+            self.acting = False
             if watcher is not None:
                 watcher.stop()
+            self.lease.release()
+
+    async def _loop(self, group: anyio.abc.TaskGroup, watcher: ConfigWatcher | None) -> None:
+        last_sweep = 0.0
+        polls = 0
+        while True:
+            polls += 1
+            try:
+                if self._take_lead():
+                    now = time.monotonic()
+                    if now - last_sweep >= SWEEP_S or self._triggered():
+                        last_sweep = now
+                        if await self.step(group) and self.exit_when_idle:
+                            return
+                    self._schedule_checks(group)
+                    if watcher is not None and watcher.settled():
+                        await self.reload_config()
+                elif self.exit_when_idle and polls % IDLE_CHECK_POLLS == 0 and await self._idle():
+                    return
+            except Exception:
+                # Nothing a task, tmux or the config does may end the monitor.
+                log.exception("monitor pass failed; going on")
+            await anyio.sleep(POLL_S)
+
+    def _take_lead(self) -> bool:
+        try:
+            leading = self.lease.try_lead()
+        except OSError as exc:
+            log.warning("cannot take the monitor lease: %s", exc)
+            leading = False
+        if leading and not self.acting:
+            self.acting = True
+            self.project.events.record(
+                EventType.MONITOR_STARTED, Cause.POLICY, None, pid=os.getpid(), host=self.host
+            )
+        elif not leading and self.acting:
+            self.acting = False
+            log.warning("this monitor no longer leads the project; standing by")
+        return leading
+
+    def _triggered(self) -> bool:
+        due = self._due is not None and self.project.clock.now() >= self._due
+        return due or self._records_changed() or self._pid_vanished()
 
     async def _until_stopped(self, scope: anyio.CancelScope) -> None:
         await self._stop.wait()
@@ -224,7 +226,7 @@ class Monitor:
     def _records_changed(self) -> bool:
         """True when any process wrote a task record since the last look (a start, a stop)."""
         try:
-            stamp = os.stat(self.sup.paths.tasks).st_mtime_ns
+            stamp = os.stat(self.project.paths.tasks).st_mtime_ns
         except OSError:
             return False
         changed = stamp != self._records_stamp
@@ -234,97 +236,198 @@ class Monitor:
     def _pid_vanished(self) -> bool:
         return any(not psutil.pid_exists(pid) for pid in self._known_pids.values())
 
-    async def sweep(self, group: anyio.abc.TaskGroup) -> bool:
-        """Observe every task once and act on what changed; True when the project is idle."""
-        config = self.sup.config
-        # Records first: a task launched after this read shows up as a newer run, never as
-        # a pane that vanished.
-        records = {name: self.sup.store.get(name) for name in config.tasks}
-        snap = await self.sup.tmux.snapshot()
-        now = time.time()
+    async def _idle(self) -> bool:
+        """True when no task of the project has a window and no restart is scheduled."""
+        snap = await self.project.backend.snapshot()
+        names = self.project.config.tasks
+        if any(name in snap.panes for name in names):
+            return False
+        return all(self.project.records.get(name).phase is not Phase.BACKOFF for name in names)
+
+    # ------------------------------------------------------------ one pass
+
+    async def step(self, group: anyio.abc.TaskGroup | None = None) -> bool:
+        """Observe every task once and act on what it needs; True when the project is idle.
+
+        Without a task group the actions are awaited here (what tests do, with a fake clock).
+        """
+        if not self.lease.leading():
+            return False
+        project = self.project
+        if project.config != self._applied and project.config_error is None:
+            await self._apply_config()
+        config = project.config
+        # Records first: a task launched after this read shows up as a newer run.
+        reads = {name: project.records.read(name) for name in config.tasks}
+        snap = await project.backend.snapshot()
+        now = project.clock.now()
         self._known_pids = {}
         self._due = None
         idle = True
         for name, task in config.tasks.items():
-            record = records[name]
             pane = snap.panes.get(name)
-            alive = pane is not None and not pane.dead
-            if alive and pane is not None and pane.pid:
+            if pane is not None and not pane.dead and pane.pid:
                 self._known_pids[name] = pane.pid
-            if record.stopping and not is_running(record.stopping_pid):
-                record = self._interrupted_stop(name, record, alive=alive)
-                if record.restart_requested and name not in self._restarting:
-                    idle = False
-                    self._restarting.add(name)
-                    group.start_soon(self._complete_restart, name)
-                    continue
-            if record.restart_at is not None:
+            record = reads[name].record
+            if record.phase in (Phase.BACKOFF, Phase.LAUNCHING, Phase.STOPPING):
                 idle = False
-                if now >= record.restart_at and name not in self._restarting:
-                    self._restarting.add(name)
-                    group.start_soon(self._restart, name)
-                elif now < record.restart_at:
-                    self._expect(record.restart_at)
+            need = self._need(name, task, reads[name], pane, now)
+            if need is None or name in self._busy:
                 continue
-            if alive:
-                stable = is_stable(
-                    alive=True,
-                    has_check=task.has_check(),
-                    healthy=record.health == Health.HEALTHY,
-                    started_at=record.started_at,
-                    healthy_since=record.healthy_since,
-                    now=now,
-                )
-                if stable and record.restarts:
-                    self.sup.store.update(name, restarts=0)
-                continue
-            if record.runs <= record.handled_run or record.stopping or name in self._restarting:
-                continue
-            if pane is None and record.pid is None and now - (record.started_at or 0) < LAUNCH_S:
-                continue  # being launched right now by some process
-            if pane is None:
-                observation = Observation(Seen.VANISHED)
+            self._busy.add(name)
+            if group is None:
+                await self._act(name, need)
             else:
-                observation = Observation(
-                    Seen.EXITED, exit_code=pane.exit_status, exit_signal=pane.exit_signal
+                group.start_soon(self._act, name, need)
+        return idle and not any(name in snap.panes for name in config.tasks)
+
+    def _need(
+        self, name: str, task: TaskConfig, read: Read, pane: Pane | None, now: float
+    ) -> Need | None:
+        """What the task needs now, from its record and pane (pure but for `_due`)."""
+        record = read.record
+        if read.problem:
+            return Need.REPAIR
+        if record.phase in (Phase.LAUNCHING, Phase.STOPPING):
+            return Need.SETTLE
+        if record.phase is Phase.BACKOFF:
+            if record.restart_at is not None and now >= record.restart_at:
+                return Need.RESTART
+            if record.restart_at is not None:
+                self._expect(record.restart_at)
+            return None
+        if pane is not None and not pane.dead:
+            return self._need_alive(name, task, record, pane, now)
+        if record.phase is not Phase.UP or record.handled_run >= record.run:
+            return None
+        if self._handled.get(name, 0) >= record.run:
+            return None
+        if pane is None:
+            return Need.VANISHED
+        if pane.run is not None and pane.run != record.run:
+            return None
+        return Need.ENDED
+
+    def _need_alive(
+        self, name: str, task: TaskConfig, record: TaskRecord, pane: Pane, now: float
+    ) -> Need | None:
+        if record.phase is Phase.UP and pane.run is not None and pane.run != record.run:
+            return Need.ADOPT
+        if record.phase is not Phase.UP:
+            return None
+        started = record.started_at or now
+        if not pane.piped or (
+            now - started > WRITER_GRACE_S and not self.project.logs.path(name).exists()
+        ):
+            return Need.REPIPE
+        stable = is_stable(
+            alive=True,
+            has_check=task.has_check(),
+            healthy=record.health is Health.HEALTHY,
+            started_at=record.started_at,
+            healthy_since=record.healthy_since,
+            now=now,
+        )
+        return Need.STABLE if stable and record.restarts else None
+
+    async def _act(self, name: str, need: Need) -> None:
+        lock = self.project.task_lock(name, f"monitor: {need.value}")
+        try:
+            if need is Need.STABLE:
+                await self.project.records.change(
+                    name, lambda r: records.stable(r, cause=Cause.POLICY)
                 )
-            self.sup.record_event(
+                return
+            if not lock.try_acquire() or not self.lease.leading():
+                return
+            # Under the lock, look again: whoever held it before may have changed everything.
+            read = self.project.records.read(name)
+            pane = (await self.project.backend.snapshot()).panes.get(name)
+            task = self.project.config.task(name)
+            now = self.project.clock.now()
+            if self._need(name, task, read, pane, now) is not need:
+                return
+            await self._handle(name, need, task, read.record, pane, lock)
+        except (TaskmuxError, OSError) as exc:
+            log.warning("monitor could not %s for task %s: %s", need.value, name, exc)
+        except Exception:
+            log.exception("monitor failed to %s for task %s", need.value, name)
+        finally:
+            lock.release()
+            self._busy.discard(name)
+
+    async def _handle(
+        self,
+        name: str,
+        need: Need,
+        task: TaskConfig,
+        record: TaskRecord,
+        pane: Pane | None,
+        lock: FileLock,
+    ) -> None:
+        if need is Need.REPAIR:
+            await self._repair(name, pane)
+        elif need in (Need.ENDED, Need.VANISHED):
+            await self._ended(name, task, record, pane, lock)
+        elif need is Need.RESTART:
+            await self._restart(name, task, lock)
+        elif need is Need.SETTLE:
+            await self._settle(name, task, record, pane, lock)
+        elif need is Need.ADOPT and pane is not None:
+            await lifecycle.adopt(self.project, name, pane, Cause.POLICY, Notes())
+        elif need is Need.REPIPE and pane is not None:
+            await self._repipe(name, pane)
+
+    # ------------------------------------------------------------ what each need takes
+
+    async def _ended(
+        self, name: str, task: TaskConfig, record: TaskRecord, pane: Pane | None, lock: FileLock
+    ) -> None:
+        project = self.project
+        self._handled[name] = record.run  # never twice, even when the record cannot be saved
+        if pane is None:
+            observation = Observation(Seen.VANISHED)
+        else:
+            await lifecycle.drain(project, name, pane)  # the logs are complete before anyone hears
+            observation = Observation(
+                Seen.EXITED,
+                exit_code=pane.exit_status,
+                exit_signal=pane.exit_signal,
+                expected=pane.stop_mark is not None,
+            )
+        if not observation.expected:
+            project.events.record(
                 EventType.EXITED,
                 Cause.POLICY,
                 name,
                 exit_code=observation.exit_code,
-                signal=self.sup_signal(observation.exit_signal),
+                signal=describe_signal(observation.exit_signal),
                 vanished=pane is None,
-                run=record.runs,
+                run=record.run,
             )
-            decision = decide(task, Counters(record.manually_stopped, record.restarts), observation)
-            self._apply(name, decision, record.runs, observation)
-            if decision.action is Action.RESTART:
-                idle = False
-        return idle and not any(name in snap.panes for name in config.tasks)
-
-    def _expect(self, moment: float) -> None:
-        """Sweep again at moment (a scheduled restart)."""
-        self._due = moment if self._due is None else min(self._due, moment)
-
-    @staticmethod
-    def sup_signal(signum: int | None) -> str | None:
-        """A signal number as its name."""
-        from .processes import describe_signal
-
-        return describe_signal(signum)
-
-    def _apply(self, name: str, decision: Decision, run: int, observation: Observation) -> None:
-        now = time.time()
-        last_exit = ExitRecord(
-            code=observation.exit_code, signal=observation.exit_signal, at=now, expected=False
+        decision = decide(task, _counters(record), observation)
+        exit = ExitRecord(
+            code=observation.exit_code, signal=observation.exit_signal, at=project.clock.now()
         )
-        if decision.action is Action.RESTART:
-            self.sup.store.update(
-                name, handled_run=run, last_exit=last_exit, restart_at=now + decision.delay_s
+        now = project.clock.now()
+        try:
+            await project.records.change(
+                name,
+                lambda r: records.ended(
+                    r, cause=Cause.POLICY, run=record.run, exit=exit, decision=decision, now=now
+                ),
             )
+        except StateWriteError as exc:
+            log.warning("%s", exc)
+        self._announce(name, decision)
+        if decision.action is Action.RESTART and decision.delay_s <= 0:
+            await self._restart(name, task, lock)
+        elif decision.action is Action.RESTART:
             self._expect(now + decision.delay_s)
-            self.sup.record_event(
+
+    def _announce(self, name: str, decision: Decision) -> None:
+        if decision.action is Action.RESTART:
+            self.project.events.record(
                 EventType.RESTART_SCHEDULED,
                 Cause.POLICY,
                 name,
@@ -332,196 +435,282 @@ class Monitor:
                 reason=decision.reason,
             )
         elif decision.action is Action.GIVE_UP:
-            self.sup.store.update(
-                name, handled_run=run, last_exit=last_exit, restart_at=None, failed=decision.reason
+            self.project.events.record(
+                EventType.GAVE_UP, Cause.POLICY, name, reason=decision.reason
             )
-            self.sup.record_event(EventType.GAVE_UP, Cause.POLICY, name, reason=decision.reason)
-        else:
-            self.sup.store.update(name, handled_run=run, last_exit=last_exit)
 
-    def _interrupted_stop(self, name: str, record: TaskRecord, *, alive: bool) -> TaskRecord:
-        """Settle the marks of a stop or restart whose process died before it finished."""
-        if alive:
-            # The stop never took effect: the task runs, and its policy applies again.
-            handled = record.runs - 1 if record.restart_requested else record.handled_run
-            log.warning("a stop of %s was interrupted; it keeps running", name)
-            return self.sup.store.update(
-                name,
-                stopping=False,
-                stopping_pid=None,
-                restart_requested=False,
-                handled_run=min(handled, record.handled_run),
+    async def _restart(self, name: str, task: TaskConfig, lock: FileLock) -> None:
+        decided: list[Decision] = []
+
+        def on_failure(record: TaskRecord) -> Decision:
+            decided.append(decide(task, _counters(record), Observation(Seen.LAUNCH_FAILED)))
+            return decided[-1]
+
+        try:
+            pane = await lifecycle.launch(
+                self.project, name, Cause.POLICY, lock=lock, automatic=True, on_failure=on_failure
             )
-        if record.restart_requested:
-            log.warning("a restart of %s was interrupted; completing it", name)
-            return record
-        return self.sup.store.update(name, stopping=False, stopping_pid=None)
-
-    async def _complete_restart(self, name: str) -> None:
-        try:
-            await self.sup.launch(name, Cause.POLICY)
         except TaskmuxError as exc:
-            self.sup.store.update(name, stopping=False, stopping_pid=None, restart_requested=False)
-            self._launch_failed(name, str(exc))
-        except Exception:
-            log.exception("completing the restart of %s failed", name)
-        finally:
-            self._restarting.discard(name)
-
-    async def _restart(self, name: str) -> None:
-        try:
-            await self._restart_now(name)
-        except Exception:
-            log.exception("restart of %s failed", name)
-        finally:
-            self._restarting.discard(name)
-
-    async def _restart_now(self, name: str) -> None:
-        record = self.sup.store.get(name)
-        if record.restart_at is None or record.manually_stopped:
-            return
-        try:
-            pane = await self.sup.launch(name, Cause.POLICY, automatic=True)
-        except TaskmuxError as exc:
-            self._launch_failed(name, str(exc))
+            if decided:
+                error = str(exc)
+                decision = decided[-1]
+                self._announce(name, Decision(decision.action, f"{error}; {decision.reason}",
+                                              decision.delay_s))  # fmt: skip
+                if decision.action is Action.RESTART:
+                    self._expect(self.project.clock.now() + decision.delay_s)
             return
         if pane.pid:
             self._known_pids[name] = pane.pid
 
-    def _launch_failed(self, name: str, error: str) -> None:
-        record = self.sup.store.update(name, restart_at=None)
-        record = self.sup.store.update(
-            name, restarts=record.restarts + 1, total_restarts=record.total_restarts + 1
+    def _expect(self, moment: float) -> None:
+        """Look again at moment (a scheduled restart)."""
+        self._due = moment if self._due is None else min(self._due, moment)
+
+    async def _settle(
+        self, name: str, task: TaskConfig, record: TaskRecord, pane: Pane | None, lock: FileLock
+    ) -> None:
+        """Finish what a process that died while acting on the task left half done."""
+        project = self.project
+        alive = pane is not None and not pane.dead
+        notes = Notes()
+        if record.phase is Phase.LAUNCHING:
+            if alive and pane is not None and pane.run == record.run:
+                log.warning("a start of %s was interrupted after its launch; adopting it", name)
+                await lifecycle.change(
+                    project,
+                    name,
+                    lambda r: records.launched(
+                        r, cause=Cause.POLICY, run=record.run, pid=pane.pid, pane_id=pane.pane_id
+                    ),
+                    notes,
+                )
+                return
+            log.warning("a start of %s was interrupted before its launch", name)
+            decision = decide(task, _counters(record), Observation(Seen.LAUNCH_FAILED))
+            await lifecycle.change(
+                project,
+                name,
+                lambda r: records.launch_failed(
+                    r,
+                    cause=Cause.POLICY,
+                    run=record.run,
+                    error="its start was interrupted (the process starting it ended)",
+                    decision=decision,
+                    now=project.clock.now(),
+                ),
+                notes,
+            )
+            self._announce(name, decision)
+            return
+        kind = record.stop_kind or StopKind.MANUAL
+        if alive and pane is not None and kind is not StopKind.POLICY:
+            # The stop never took effect: the task runs, and its policy applies again.
+            log.warning("a stop of %s was interrupted; it keeps running", name)
+            await lifecycle.adopt(
+                project, name, pane, Cause.POLICY, notes, detail="its stop was interrupted"
+            )
+            return
+        if kind is StopKind.RESTART:
+            log.warning("a restart of %s was interrupted; completing it", name)
+            try:
+                await lifecycle.launch(project, name, Cause.POLICY, lock=lock)
+            except TaskmuxError as exc:
+                log.warning("completing the restart of %s failed: %s", name, exc)
+            return
+        log.warning("a stop of %s was interrupted; finishing it", name)
+        delay = backoff_delay(task.restart_backoff, record.restarts)
+        restart_at = project.clock.now() + delay if kind is StopKind.POLICY else None
+        await lifecycle.stop(
+            project, name, Cause.POLICY, kind=kind, lock=lock, hooks=False, restart_at=restart_at
         )
-        task = self.sup.config.task(name)
-        decision = decide(
-            task,
-            Counters(record.manually_stopped, record.restarts),
-            Observation(Seen.LAUNCH_FAILED),
+
+    async def _repair(self, name: str, pane: Pane | None) -> None:
+        project = self.project
+        read = project.records.read(name)
+        if read.problem is None:
+            return
+        manual = project.records.stop_mark(name).exists() or (
+            pane is not None and pane.stop_mark == StopKind.MANUAL.value
         )
-        reason = f"{error}; {decision.reason}"
-        now = time.time()
-        if decision.action is Action.RESTART:
-            self.sup.store.update(name, restart_at=now + decision.delay_s, failed=None)
-            self._expect(now + decision.delay_s)
-            self.sup.record_event(
-                EventType.RESTART_SCHEDULED,
+        repaired = records.repaired(read.record, manual=manual, pane=pane)
+        try:
+            project.records.save(name, repaired)
+        except StateWriteError as exc:
+            log.warning("%s", exc)
+        if self._reported.get(name) != read.problem:
+            self._reported[name] = read.problem
+            project.events.record(
+                EventType.RECORD_REPAIRED,
                 Cause.POLICY,
                 name,
-                delay_s=decision.delay_s,
-                reason=reason,
+                problem=read.problem,
+                phase=repaired.phase.value,
+                manually_stopped=repaired.manually_stopped,
             )
-        else:
-            self.sup.store.update(name, failed=reason)
-            self.sup.record_event(EventType.GAVE_UP, Cause.POLICY, name, reason=reason)
+
+    async def _repipe(self, name: str, pane: Pane) -> None:
+        project = self.project
+        why = "its log writer died" if not pane.piped else "its log file was removed"
+        run = pane.run or project.records.get(name).run
+        await project.backend.repipe(
+            pane.pane_id, project.logs.pipe_command(name, run, resume=True)
+        )
+        project.events.record(
+            EventType.LOG_WRITER_REPLACED,
+            Cause.POLICY,
+            name,
+            reason=why,
+            detail="output written while no writer was attached may be missing from the log",
+        )
 
     # ------------------------------------------------------------ health
 
     def _schedule_checks(self, group: anyio.abc.TaskGroup) -> None:
-        now = time.monotonic()
-        for name, task in self.sup.config.tasks.items():
+        for name in self._due_checks():
+            group.start_soon(self._check, name)
+
+    def _due_checks(self) -> list[str]:
+        now = self.project.clock.monotonic()
+        due = []
+        for name, task in self.project.config.tasks.items():
             if not task.has_check() or name in self._checking or name not in self._known_pids:
                 continue
-            due = self._next_check.get(name, 0.0)
-            if now < due:
+            if now < self._next_check.get(name, 0.0):
                 continue
             self._next_check[name] = now + task.health_interval
             self._checking.add(name)
-            group.start_soon(self._check, name)
+            due.append(name)
+        return due
+
+    async def check_due(self) -> None:
+        """Run the checks that are due now and wait for them (the loop runs them in the
+        background; tests call this with a fake clock)."""
+        async with anyio.create_task_group() as group:
+            for name in self._due_checks():
+                group.start_soon(self._check, name)
 
     async def _check(self, name: str) -> None:
         try:
-            record = self.sup.store.get(name)
-            if record.restart_at is not None or record.stopping:
+            record = self.project.records.get(name)
+            if record.phase is not Phase.UP:
                 return
             before = record.health
-            await self.sup.check(name, record, cause=Cause.HEALTH)
-            after = self.sup.store.get(name)
-            if after.health == Health.UNHEALTHY and before != Health.UNHEALTHY:
-                await self._unhealthy(name, after.runs)
+            await readiness.check(self.project, name, record, cause=Cause.HEALTH)
+            after = self.project.records.get(name)
+            if after.health is Health.UNHEALTHY and before is not Health.UNHEALTHY:
+                await self._unhealthy(name, after)
+        except (TaskBusy, StateWriteError) as exc:
+            log.warning("health check of %s not recorded: %s", name, exc)
         except Exception:
             log.exception("health check of %s failed to run", name)
         finally:
             self._checking.discard(name)
 
-    async def _unhealthy(self, name: str, run: int) -> None:
-        record = self.sup.store.get(name)
-        task = self.sup.config.task(name)
-        decision = decide(
-            task, Counters(record.manually_stopped, record.restarts), Observation(Seen.UNHEALTHY)
-        )
+    async def _unhealthy(self, name: str, record: TaskRecord) -> None:
+        task = self.project.config.task(name)
+        decision = decide(task, _counters(record), Observation(Seen.UNHEALTHY))
         if decision.action is Action.NOTHING:
             return
-        self._apply(name, decision, run, Observation(Seen.UNHEALTHY))
-        await self.sup.terminate(name, Cause.HEALTH)
+        lock = self.project.task_lock(name, "monitor: replace an unhealthy run")
+        if not lock.try_acquire():
+            return
+        try:
+            if not self.lease.leading() or self.project.records.get(name).run != record.run:
+                return
+            self._announce(name, decision)
+            now = self.project.clock.now()
+            restart = decision.action is Action.RESTART
+            await lifecycle.stop(
+                self.project,
+                name,
+                Cause.HEALTH,
+                kind=StopKind.POLICY,
+                lock=lock,
+                hooks=False,
+                restart_at=now + decision.delay_s if restart else None,
+                failed=None if restart else decision.reason,
+            )
+            if restart:
+                self._expect(now + decision.delay_s)
+        finally:
+            lock.release()
 
     # ------------------------------------------------------------ config
 
     async def reload_config(self) -> None:
-        """Load taskmux.toml again and apply the difference; keep the old config when invalid."""
-        old = self.sup.config
-        digest = self._digest(old.config_path)
-        if digest is not None and digest == self._config_digest:
-            return
-        self._config_digest = digest
-        try:
-            new = load_config(old.config_path)
-        except ConfigError as exc:
-            message = str(exc)
+        """Load taskmux.toml again; apply the difference, or report why it cannot be used."""
+        self.project.refresh()
+        error = self.project.config_error
+        if error is not None:
+            message = str(error)
             if message != self._invalid_config:
                 self._invalid_config = message
-                self.sup.record_event(
+                self.project.events.record(
                     EventType.CONFIG_INVALID,
                     Cause.CONFIG,
                     None,
-                    errors=[str(p) for p in exc.problems],
-                    path=str(old.config_path),
+                    errors=[str(p) for p in error.problems],
+                    path=str(self.project.config_path),
                 )
             return
         self._invalid_config = None
-        await apply_config(self.sup, old, new)
+        if self.project.config != self._applied:
+            await self._apply_config()
+
+    async def _apply_config(self) -> None:
+        old, new = self._applied, self.project.config
+        self._applied = new
+        await apply_config(self.project, old, new)
 
 
-async def apply_config(sup: Supervisor, old: ProjectConfig, new: ProjectConfig) -> None:
-    """Switch sup to new: stop removed tasks, restart changed running ones, start added ones."""
-    if new.name != old.name:
-        sup.record_event(
-            EventType.CONFIG_INVALID,
-            Cause.CONFIG,
-            None,
-            errors=["the project `name` changed; restart taskmux to use the new name"],
-        )
-        return
+async def apply_config(project: Project, old: ProjectConfig, new: ProjectConfig) -> None:
+    """Stop removed tasks, restart running tasks whose definition changed, start added ones."""
     removed = [name for name in old.tasks if name not in new.tasks]
     added = [name for name in new.tasks if name not in old.tasks]
+    snap = await project.backend.snapshot()
     changed = [
-        name for name in new.tasks if name in old.tasks and new.tasks[name] != old.tasks[name]
+        name
+        for name in new.tasks
+        if name in old.tasks
+        and new.tasks[name] != old.tasks[name]
+        and snap.alive(name) is not None
+        and project.records.get(name).config_digest != task_digest(new.tasks[name])
     ]
     if new == old:
         return
-    if removed:
-        await sup.stop(removed, cause=Cause.CONFIG)
-        await sup.kill(removed, cause=Cause.CONFIG)
-    sup.use_config(new)
-    sup.record_event(
+    project.events.record(
         EventType.CONFIG_RELOADED, Cause.CONFIG, None, changed=changed, added=added, removed=removed
     )
-    snap = await sup.tmux.snapshot()
-    running = [
-        name for name in changed if (pane := snap.panes.get(name)) is not None and not pane.dead
+    for name in removed:
+        lock = project.task_lock(name, "config: remove the task")
+        try:
+            await lock.acquire(lifecycle.DEAD_WAIT_S * 10, task=name)
+        except TaskBusy as exc:
+            log.warning("cannot remove task %s now: %s", name, exc)
+            continue
+        try:
+            await lifecycle.stop(
+                project, name, Cause.CONFIG, kind=StopKind.MANUAL, lock=lock, hooks=False,
+                task=old.tasks[name],
+            )  # fmt: skip
+            await lifecycle.kill(project, name, Cause.CONFIG, lock=lock)
+            project.records.forget(name)
+        finally:
+            lock.release()
+    if changed:
+        await project.restart(changed, wait=False, cause=Cause.CONFIG)
+    starting = [
+        name
+        for name in added
+        if new.tasks[name].auto_start and project.records.get(name).phase is Phase.IDLE
     ]
-    if running:
-        await sup.restart(running, wait=False, cause=Cause.CONFIG)
-    starting = [name for name in added if new.tasks[name].auto_start]
     if starting:
-        await sup.start(starting, wait=False, cause=Cause.CONFIG)
+        await project.start(starting, wait=False, cause=Cause.CONFIG)
 
 
-def run_monitor_foreground(
-    supervisor: Supervisor, *, host: str, exit_when_idle: bool = False
-) -> int:
-    """Run a monitor until SIGINT/SIGTERM (the `taskmux monitor` command)."""
-    monitor = Monitor(supervisor, host=host, exit_when_idle=exit_when_idle)
+def run_monitor_foreground(project: Project, *, host: str, exit_when_idle: bool = False) -> int:
+    """Run a monitor until SIGINT/SIGTERM (the `taskmux monitor` command); standby included."""
+    monitor = Monitor(project, host=host, exit_when_idle=exit_when_idle)
 
     async def main() -> None:
         async with anyio.create_task_group() as group:

@@ -56,7 +56,10 @@ class Decision:
 
 
 def backoff_delay(restart_backoff: float, restarts_so_far: int) -> float:
-    """Delay before restart n (n = 0, 1, ...): restart_backoff ** n, at most 60 s."""
+    """Delay before restart n (n = 0, 1, ...): restart_backoff ** n, at most 60 s; a zero
+    base means no delay at all (not 0 ** 0 = 1)."""
+    if restart_backoff == 0:
+        return 0.0
     try:
         delay = restart_backoff**restarts_so_far
     except OverflowError:

@@ -1,4 +1,10 @@
-"""The only code that talks to tmux: sessions, task windows, snapshots, pipes."""
+"""The tmux backend: the only code that talks to tmux (sessions, task windows, snapshots, pipes).
+
+User strings never reach tmux's parsers: a task's folder, environment and command travel in
+one shell script (see `backend.launch_script`) passed as the pane command's last argument,
+or as a file when it is too long for tmux's command line; tmux's start folder (`-c`, which
+tmux format-expands) is never used.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +16,22 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 
+from .backend import Launch, Pane, Snapshot, launch_script
 from .errors import TmuxError
 from .processes import is_running
+from .state import write_atomic
 
 PROJECT_OPTION = "@taskmux_project"
 TASK_OPTION = "@taskmux_task"
+RUN_OPTION = "@taskmux_run"
+STOP_OPTION = "@taskmux_stop"
 WINDOW_SIZE = ("220", "50")
+INLINE_SCRIPT_MAX = 4096  # tmux refuses command lines over about 16 KB in all
 
 _FIELDS = (
     "pid",
@@ -35,40 +45,15 @@ _FIELDS = (
     "pane_dead_status",
     "pane_dead_signal",
     "pane_dead_time",
-    "window_name",
+    RUN_OPTION,
+    STOP_OPTION,
+    "pane_pipe",
 )
 _SEP = "\x1f"
-ENV_BINARY = shutil.which("env") or "/usr/bin/env"
 _FORMAT = _SEP.join("#{" + name + "}" for name in _FIELDS)
 _NO_SERVER = re.compile(
     r"no server running|error connecting to|No such file or directory|server exited|lost server"
 )
-
-
-@dataclass(frozen=True)
-class Pane:
-    """One task's window as tmux reports it."""
-
-    task: str
-    session: str
-    window_id: str
-    pane_id: str
-    pid: int | None
-    dead: bool
-    exit_status: int | None
-    exit_signal: int | None
-    dead_time: float | None
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The project's panes and the session names in use, from one tmux call."""
-
-    server_running: bool
-    session: str | None
-    panes: Mapping[str, Pane] = field(default_factory=dict)
-    sessions_in_use: frozenset[str] = frozenset()
-    foreign_owner: str | None = None
 
 
 def _int(text: str) -> int | None:
@@ -78,10 +63,18 @@ def _int(text: str) -> int | None:
 class TmuxBackend:
     """tmux access for one project, identified by its key (not by session or window names)."""
 
-    def __init__(self, project_key: str, session_name: str, socket_name: str | None = None) -> None:
+    def __init__(
+        self,
+        project_key: str,
+        session_name: str,
+        socket_name: str | None = None,
+        *,
+        scripts: Path | None = None,
+    ) -> None:
         self.project_key = project_key
         self.session_name = session_name
         self.socket_name = socket_name or "default"
+        self.scripts = scripts
 
     def _call(self, args: Sequence[str]) -> tuple[int, list[str], str]:
         """One tmux process on this project's server: (status, stdout lines, stderr)."""
@@ -168,6 +161,9 @@ class TmuxBackend:
                 exit_status=_int(row["pane_dead_status"]),
                 exit_signal=_int(row["pane_dead_signal"]),
                 dead_time=float(dead_time) if dead_time is not None else None,
+                run=_int(row[RUN_OPTION]),
+                stop_mark=row[STOP_OPTION] or None,
+                piped=row["pane_pipe"] == "1",
             )
         foreign = None
         if ours is None and self.session_name in owners:
@@ -185,63 +181,72 @@ class TmuxBackend:
         """Async form of snapshot_sync."""
         return await anyio.to_thread.run_sync(self.snapshot_sync)
 
-    def spawn_sync(
-        self,
-        task: str,
-        argv: Sequence[str],
-        cwd: Path,
-        env: Mapping[str, str],
-        pipe_command: str | None,
-        snapshot: Snapshot,
-    ) -> Pane:
-        """Run argv as the pane process of the task's window (new or respawned), output piped."""
-        # The environment goes on the command line, not through `-e`: new-session -e would put
-        # it in the session's environment, leaking one task's variables into every window.
-        argv = [ENV_BINARY, *(f"{key}={value}" for key, value in env.items()), *argv]
-        existing = snapshot.panes.get(task)
-        pipe = ["pipe-pane"] if pipe_command is None else ["pipe-pane", pipe_command]
-        report = ["display-message", "-p"]
+    def _pane_argv(self, launch: Launch) -> list[str]:
+        script = launch_script(launch)
+        if len(script.encode()) <= INLINE_SCRIPT_MAX:
+            return ["/bin/sh", "-c", script]
+        if self.scripts is None:
+            raise TmuxError(f"the command of task '{launch.task}' is too long to pass to tmux")
+        path = self.scripts / f"{launch.task}.sh"
+        try:
+            write_atomic(path, script.encode())
+        except OSError as exc:
+            raise TmuxError(f"cannot write the launch script {path}: {exc.strerror}") from None
+        return ["/bin/sh", str(path)]
+
+    def launch_sync(self, launch: Launch, snapshot: Snapshot) -> Pane:
+        """Run one launch as the pane process of the task's window (new, or its dead pane
+        respawned: tmux refuses to respawn a live one), with its options and pipe set before
+        tmux reads any output."""
+        argv = self._pane_argv(launch)
+        existing = snapshot.panes.get(launch.task)
         report_format = "#{window_id} #{pane_id} #{pane_pid} #{session_name}"
         if existing is not None:
             target = existing.pane_id
-            sequence = [
-                "respawn-pane", "-k", "-t", target, "-c", str(cwd), "--", *argv,
-                ";", *pipe[:1], "-t", target, *pipe[1:],
-                ";", *report, "-t", target, report_format,
-            ]  # fmt: skip
+            create = ["respawn-pane", "-t", target, "--", *argv]
+            extra: list[str] = []
+            rename: list[str] = []
         else:
             nonce = f"taskmux-{secrets.token_hex(6)}"
             session = snapshot.session or self._free_session_name(snapshot)
-            window = f"={session}:={nonce}"
+            target = f"={session}:={nonce}"
             if snapshot.session is None:
                 create = [
                     "new-session", "-d", "-s", session, "-n", nonce, "-x", WINDOW_SIZE[0],
-                    "-y", WINDOW_SIZE[1],
-                ]  # fmt: skip
-                session_options = [
+                    "-y", WINDOW_SIZE[1], "--", *argv,
                     ";", "set-option", "-t", f"={session}:", PROJECT_OPTION, self.project_key,
                     ";", "set-option", "-t", f"={session}:", "destroy-unattached", "off",
                 ]  # fmt: skip
             else:
-                create = ["new-window", "-d", "-t", f"={session}:", "-n", nonce]
-                session_options = []
-            sequence = [
-                *create, "-c", str(cwd), "--", *argv,
-                ";", "set-option", "-w", "-t", window, "remain-on-exit", "on",
-                *session_options,
-                ";", "set-option", "-w", "-t", window, TASK_OPTION, task,
-                ";", "set-option", "-w", "-t", window, "automatic-rename", "off",
-                ";", "set-option", "-w", "-t", window, "allow-rename", "off",
-                ";", *pipe[:1], "-t", window, *pipe[1:],
-                ";", *report, "-t", window, report_format,
-                ";", "rename-window", "-t", window, task,
+                create = ["new-window", "-d", "-t", f"={session}:", "-n", nonce, "--", *argv]
+            extra = [
+                ";", "set-option", "-w", "-t", target, TASK_OPTION, launch.task,
+                ";", "set-option", "-w", "-t", target, "automatic-rename", "off",
+                ";", "set-option", "-w", "-t", target, "allow-rename", "off",
             ]  # fmt: skip
-        lines = self.run(*sequence)
+            rename = [";", "rename-window", "-t", target, launch.task]
+        pipe = ["pipe-pane", "-t", target] + ([] if launch.pipe is None else [launch.pipe])
+        sequence = [
+            *create,
+            ";", "set-option", "-w", "-t", target, "remain-on-exit", "on",
+            ";", "set-option", "-w", "-t", target, RUN_OPTION, str(launch.run),
+            ";", "set-option", "-w", "-t", target, STOP_OPTION, "",
+            *extra,
+            ";", *pipe,
+            ";", "display-message", "-p", "-t", target, report_format,
+            *rename,  # last: the nonce names the window until then
+        ]  # fmt: skip
+        try:
+            lines = self.run(*sequence)
+        except TmuxError as exc:
+            if "still active" in str(exc):
+                raise TmuxError(f"task '{launch.task}' is already running") from None
+            raise
         if not lines:
-            raise TmuxError(f"tmux did not report the pane of task '{task}'")
+            raise TmuxError(f"tmux did not report the pane of task '{launch.task}'")
         window_id, pane_id, pid, session_name = lines[-1].split(" ", 3)
         return Pane(
-            task=task,
+            task=launch.task,
             session=session_name,
             window_id=window_id,
             pane_id=pane_id,
@@ -250,20 +255,9 @@ class TmuxBackend:
             exit_status=None,
             exit_signal=None,
             dead_time=None,
-        )
-
-    async def spawn(
-        self,
-        task: str,
-        argv: Sequence[str],
-        cwd: Path,
-        env: Mapping[str, str],
-        pipe_command: str | None,
-        snapshot: Snapshot,
-    ) -> Pane:
-        """Async form of spawn_sync."""
-        return await anyio.to_thread.run_sync(
-            lambda: self.spawn_sync(task, argv, cwd, env, pipe_command, snapshot)
+            run=launch.run,
+            stop_mark=None,
+            piped=launch.pipe is not None,
         )
 
     def _free_session_name(self, snapshot: Snapshot) -> str:
@@ -277,13 +271,30 @@ class TmuxBackend:
         """The session name used when another checkout or a user session has the project's."""
         return f"{self.session_name}-{self.project_key[-6:]}"
 
+    async def _run(self, *args: str) -> None:
+        await anyio.to_thread.run_sync(lambda: self.run(*args))
+
     async def interrupt(self, pane_id: str) -> None:
         """Type C-c into the pane (SIGINT to its foreground process group)."""
-        await anyio.to_thread.run_sync(lambda: self.run("send-keys", "-t", pane_id, "C-c"))
+        await self._run("send-keys", "-t", pane_id, "C-c")
+
+    async def mark_stop(self, pane_id: str, kind: str) -> None:
+        """Set the window's stop mark, which tmux keeps in memory (no disk needed)."""
+        await self._run("set-option", "-w", "-t", pane_id, STOP_OPTION, kind)
+
+    async def repipe(self, pane_id: str, pipe: str) -> None:
+        """Attach a fresh pipe to a live pane."""
+        await self._run("pipe-pane", "-t", pane_id, pipe)
 
     async def kill_window(self, window_id: str) -> None:
         """Remove a task's window."""
-        await anyio.to_thread.run_sync(lambda: self.run("kill-window", "-t", window_id))
+        await self._run("kill-window", "-t", window_id)
+
+    def select_argv(self, target: str, *, inside: bool) -> list[str]:
+        """tmux attach (or switch-client from inside tmux) to a session or window."""
+        tmux = shutil.which("tmux") or "tmux"
+        verb = "switch-client" if inside else "attach-session"
+        return [tmux, "-L", self.socket_name, verb, "-t", target]
 
 
 def version_problem(minimum: str = "3.2") -> str | None:

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Project, make_project
+from support import Workspace, make_project
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project]:
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
     """A fresh project folder with its own tmux server, HOME and state folder."""
     monkeypatch.delenv("TMUX", raising=False)
     monkeypatch.delenv("TASKMUX_PROJECT", raising=False)

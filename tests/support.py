@@ -19,10 +19,10 @@ from typing import TypeVar
 import anyio
 import psutil
 
-from taskmux_mcp.config import load_config
 from taskmux_mcp.events import Cause
 from taskmux_mcp.models import TaskStatus
-from taskmux_mcp.supervisor import Supervisor
+from taskmux_mcp.project import Project as Facade
+from taskmux_mcp.project import ProjectSlot
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -62,15 +62,41 @@ class TmuxServer:
         self.cmd("kill-server", check=False)
 
 
+class FakeClock:
+    """A clock the test moves by hand; `sleep` moves it instead of waiting."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.wall = time.time() if start is None else start
+        self.mono = 1000.0
+
+    def now(self) -> float:
+        """Fake wall time."""
+        return self.wall
+
+    def monotonic(self) -> float:
+        """Fake monotonic time."""
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward."""
+        self.wall += seconds
+        self.mono += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        """Move time forward and let others run."""
+        self.advance(max(0.0, seconds))
+        await anyio.sleep(0)
+
+
 @dataclass
-class Project:
+class Workspace:
     """A project folder with taskmux.toml, its own state folder and tmux server."""
 
     root: Path
     state_dir: Path
     server: TmuxServer
     env: dict[str, str]
-    supervisors: list[Supervisor] = field(default_factory=list)
+    facades: list[Facade] = field(default_factory=list)
 
     def write(self, toml: str) -> Path:
         """Write taskmux.toml."""
@@ -78,13 +104,29 @@ class Project:
         path.write_text(textwrap.dedent(toml))
         return path
 
-    def supervisor(self, cause: Cause = Cause.USER) -> Supervisor:
-        """A supervisor on the current config."""
-        sup = Supervisor(
-            load_config(self.root / "taskmux.toml"), socket_name=self.server.socket, cause=cause
+    def open(
+        self,
+        cause: Cause = Cause.USER,
+        *,
+        clock: object | None = None,
+        host: str = "test",
+        hosted_monitor: bool = False,
+    ) -> Facade:
+        """The project's facade on the current config (no hosted monitor unless asked)."""
+        options: dict[str, object] = {}
+        if clock is not None:
+            options["clock"] = clock
+        facade = Facade(
+            self.root / "taskmux.toml",
+            socket_name=self.server.socket,
+            cause=cause,
+            host=host,
+            environ=self.env,
+            hosted_monitor=hosted_monitor,
+            **options,  # type: ignore[arg-type]
         )
-        self.supervisors.append(sup)
-        return sup
+        self.facades.append(facade)
+        return facade
 
     def cli(
         self, *args: str, timeout: float = 60, check: bool = False
@@ -102,17 +144,44 @@ class Project:
 
     def task_pids(self) -> list[int]:
         """Every live process carrying one of this project's task markers."""
-        keys = {sup.key for sup in self.supervisors}
+        keys = {facade.key for facade in self.facades}
         found = []
         for proc in psutil.process_iter(["pid"]):
             try:
                 env = proc.environ()
+                marker = env.get("TASKMUX_TASK_ID", "")
+                if marker.split("/")[0] in keys and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc.pid)
             except (psutil.Error, OSError):
                 continue
-            marker = env.get("TASKMUX_TASK_ID", "")
-            if marker.split("/")[0] in keys and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc.pid)
         return found
+
+
+def slot_for(
+    project: Workspace,
+    *,
+    cause: Cause = Cause.AGENT,
+    host: str = "mcp",
+    root: Path | None = None,
+    cwd: Path | None = None,
+    hosted_monitor: bool = False,
+) -> ProjectSlot:
+    """A slot like a long-lived face's, on the project's private tmux server."""
+
+    def opener() -> Facade:
+        facade = Facade.open(
+            project=None if cwd is not None else (root or project.root),
+            cwd=cwd,
+            socket_name=project.server.socket,
+            cause=cause,
+            host=host,
+            environ=project.env,
+            hosted_monitor=hosted_monitor,
+        )
+        project.facades.append(facade)
+        return facade
+
+    return ProjectSlot(opener)
 
 
 def run(coro_fn: Callable[[], object]) -> object:
@@ -122,7 +191,7 @@ def run(coro_fn: Callable[[], object]) -> object:
 
 def make_project(
     monkeypatch_env: Callable[[str, str], None], root_parent: Path
-) -> Iterator[Project]:
+) -> Iterator[Workspace]:
     """Create a project with a private tmux server and state folder; clean everything afterwards."""
     tmpdir = Path(tempfile.mkdtemp(prefix="tmx", dir="/tmp"))
     server = TmuxServer(tmpdir, f"t{uuid.uuid4().hex[:10]}")
@@ -142,7 +211,7 @@ def make_project(
     env.pop("TASKMUX_PROJECT", None)
     for key in ("TMUX_TMPDIR", "TASKMUX_STATE_DIR", "TASKMUX_TMUX_SOCKET", "HOME"):
         monkeypatch_env(key, env[key])
-    project = Project(root=root, state_dir=state, server=server, env=env)
+    project = Workspace(root=root, state_dir=state, server=server, env=env)
     try:
         yield project
     finally:
@@ -158,7 +227,7 @@ def make_project(
 
 
 def spawn_monitor(
-    project: Project, procs: list[subprocess.Popen[bytes]]
+    project: Workspace, procs: list[subprocess.Popen[bytes]]
 ) -> subprocess.Popen[bytes]:
     """Start `taskmux monitor` for the project in its own process (ended by the caller)."""
     exe = Path(sys.executable).with_name("taskmux")
@@ -172,15 +241,12 @@ def spawn_monitor(
     return proc
 
 
-def acting_pid(sup: Supervisor) -> int | None:
+def acting_pid(sup: Facade) -> int | None:
     """The pid of the acting monitor, if any."""
-    from taskmux_mcp.state import read_monitor_lease
-
-    lease = read_monitor_lease(sup.paths)
-    return lease.pid if lease else None
+    return sup.monitor_info().pid
 
 
-def run_monitor(project: Project, procs: list[subprocess.Popen[bytes]], sup: Supervisor) -> int:
+def run_monitor(project: Workspace, procs: list[subprocess.Popen[bytes]], sup: Facade) -> int:
     """Start a monitor and wait until it acts."""
     proc = spawn_monitor(project, procs)
     wait_until(lambda: acting_pid(sup) == proc.pid, timeout=15)
@@ -199,15 +265,15 @@ def end_processes(procs: list[subprocess.Popen[bytes]]) -> None:
                 proc.wait()
 
 
-def status_of(sup: Supervisor, name: str) -> TaskStatus:
+def status_of(sup: Facade, name: str) -> TaskStatus:
     """The current status of one task."""
     return next(t for t in sup.status_sync().tasks if t.name == name)
 
 
-def events_of(sup: Supervisor, kind: str, task: str | None = None) -> list[dict[str, object]]:
+def events_of(sup: Facade, kind: str, task: str | None = None) -> list[dict[str, object]]:
     """Details of the recorded events of one type (with _time and _cause)."""
     return [
         {**e.details, "_time": e.time.timestamp(), "_cause": e.cause}
-        for e in sup.read_events(task, limit=1000).events
+        for e in sup.events_sync([task] if task else [], limit=10_000).events
         if e.type == kind
     ]

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import pytest
 from pydantic import BaseModel
-from support import Project, wait_until
+from support import Workspace, slot_for, wait_until
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
@@ -43,7 +43,7 @@ from taskmux_mcp.models import (
     LogsResult,
     StatusResult,
 )
-from taskmux_mcp.project import ProjectHandle
+from taskmux_mcp.project import ProjectSlot
 
 pytestmark = pytest.mark.anyio
 
@@ -63,7 +63,7 @@ class Running:
     port: int
     token: str
     info_path: Path
-    handle: ProjectHandle
+    handle: ProjectSlot
 
     @property
     def url(self) -> str:
@@ -76,12 +76,10 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def serving(project: Project, **kwargs: Any) -> AsyncIterator[Running]:
+async def serving(project: Workspace, **kwargs: Any) -> AsyncIterator[Running]:
     """Run the bridge for project on a free loopback port until the block ends."""
-    project.supervisor()  # registers the project's processes for cleanup
-    handle = ProjectHandle(
-        project=project.root, tmux_socket=project.server.socket, host_monitor=False
-    )
+    project.open()  # registers the project's processes for cleanup
+    handle = slot_for(project, cause=Cause.USER, host="bridge")
     ports: list[int] = []
     ready = anyio.Event()
 
@@ -222,7 +220,7 @@ def validate(model: type[BaseModel], result: Any) -> Any:
 # ------------------------------------------------------------------ security
 
 
-async def test_refusals_happen_at_the_handshake_and_execute_nothing(project: Project) -> None:
+async def test_refusals_happen_at_the_handshake_and_execute_nothing(project: Workspace) -> None:
     project.write(
         """
         [tasks.web]
@@ -278,7 +276,7 @@ async def test_refusals_happen_at_the_handshake_and_execute_nothing(project: Pro
         assert project.task_pids() == []
 
 
-async def test_token_file_is_private_and_removed_on_shutdown(project: Project) -> None:
+async def test_token_file_is_private_and_removed_on_shutdown(project: Workspace) -> None:
     project.write(
         """
         [bridge]
@@ -287,7 +285,7 @@ async def test_token_file_is_private_and_removed_on_shutdown(project: Project) -
         command = "sleep 60"
         """
     )
-    stale = project.supervisor().paths.bridge
+    stale = project.open().paths.bridge
     gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
     old = {"url": "ws://127.0.0.1:1", "host": "127.0.0.1", "port": 1, "token": "old"}
     stale.write_text(json.dumps({**old, "pid": int(gone.stdout), "started": 0}))
@@ -311,7 +309,7 @@ async def test_token_file_is_private_and_removed_on_shutdown(project: Project) -
 
 
 async def test_non_loopback_host_needs_the_flag(
-    project: Project, caplog: pytest.LogCaptureFixture
+    project: Workspace, caplog: pytest.LogCaptureFixture
 ) -> None:
     project.write(
         """
@@ -319,11 +317,11 @@ async def test_non_loopback_host_needs_the_flag(
         command = "sleep 60"
         """
     )
-    handle = ProjectHandle(project=project.root, tmux_socket=project.server.socket)
+    handle = slot_for(project, cause=Cause.USER, host="bridge")
     for host in ("0.0.0.0", "192.0.2.10", "example.com", "::"):
         with pytest.raises(InvalidArgument, match="not a loopback address"):
             await run_bridge(handle, host=host, port=0)
-    assert not handle.supervisor().paths.bridge.exists()
+    assert not handle.get().paths.bridge.exists()
 
     async with (
         serving(project, host="0.0.0.0", allow_remote=True) as running,
@@ -336,7 +334,7 @@ async def test_non_loopback_host_needs_the_flag(
 # ------------------------------------------------------------------ JSON-RPC
 
 
-async def test_every_method_answers_with_its_id_and_shape(project: Project) -> None:
+async def test_every_method_answers_with_its_id_and_shape(project: Workspace) -> None:
     project.write(
         """
         [tasks.web]
@@ -384,7 +382,7 @@ async def test_every_method_answers_with_its_id_and_shape(project: Project) -> N
 
 
 async def test_concurrent_requests_are_answered_independently(
-    project: Project, monkeypatch: pytest.MonkeyPatch
+    project: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project.write(
         """
@@ -413,7 +411,7 @@ async def test_concurrent_requests_are_answered_independently(
         assert any(p["request"] == start_id and "slow" in p["message"] for p in rpc.progress)
 
 
-async def test_bad_messages_get_errors_and_the_connection_stays_usable(project: Project) -> None:
+async def test_bad_messages_get_errors_and_the_connection_stays_usable(project: Workspace) -> None:
     project.write(
         """
         [tasks.web]
@@ -462,7 +460,7 @@ async def test_bad_messages_get_errors_and_the_connection_stays_usable(project: 
         assert validate(StatusResult, reply["result"]).tasks[0].name == "web"
 
 
-async def test_oversize_frame_closes_the_connection_with_1009(project: Project) -> None:
+async def test_oversize_frame_closes_the_connection_with_1009(project: Workspace) -> None:
     project.write(
         """
         [tasks.web]
@@ -482,7 +480,7 @@ async def test_oversize_frame_closes_the_connection_with_1009(project: Project) 
 # ------------------------------------------------------------------ events and load
 
 
-async def test_subscribers_see_a_crash_and_the_monitors_restart(project: Project) -> None:
+async def test_subscribers_see_a_crash_and_the_monitors_restart(project: Workspace) -> None:
     project.write(
         """
         [tasks.crashy]
@@ -507,7 +505,7 @@ async def test_subscribers_see_a_crash_and_the_monitors_restart(project: Project
 
 
 async def test_a_client_that_stops_reading_is_dropped_without_stalling_others(
-    project: Project, monkeypatch: pytest.MonkeyPatch
+    project: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project.write(
         """
@@ -527,7 +525,7 @@ async def test_a_client_that_stops_reading_is_dropped_without_stalling_others(
         ):
             assert (await slow.call("subscribe"))["result"]["subscribed"]
             assert (await fast.call("subscribe", {"tasks": ["web"]}))["result"]["subscribed"]
-            events = running.handle.supervisor().events
+            events = running.handle.get().events
             bulk = {f"k{k}": FLOOD_TEXT for k in range(10)}  # ~40 kB per event
             began = time.monotonic()
             for i in range(flood):
@@ -550,7 +548,7 @@ async def test_a_client_that_stops_reading_is_dropped_without_stalling_others(
             assert "result" in await again.call("status")
 
 
-async def test_the_bridge_keeps_serving_while_a_health_check_hangs(project: Project) -> None:
+async def test_the_bridge_keeps_serving_while_a_health_check_hangs(project: Workspace) -> None:
     project.write(
         """
         [tasks.stuck]
@@ -578,7 +576,7 @@ async def test_the_bridge_keeps_serving_while_a_health_check_hangs(project: Proj
 
 
 async def test_serve_bridge_and_bridge_call_from_scripts(
-    project: Project, capsys: pytest.CaptureFixture[str]
+    project: Workspace, capsys: pytest.CaptureFixture[str]
 ) -> None:
     project.write(
         """
@@ -586,16 +584,16 @@ async def test_serve_bridge_and_bridge_call_from_scripts(
         command = "sleep 60"
         """
     )
-    sup = project.supervisor()
-    handle = ProjectHandle(project=project.root, tmux_socket=project.server.socket)
+    sup = project.open()
+    handle = slot_for(project, cause=Cause.USER, host="cli")
     assert run_bridge_call(handle, "status", None, as_json=False) == 2
     assert "no bridge is running" in capsys.readouterr().err
 
     code = (
         "import sys; from taskmux_mcp.bridge import serve_bridge; "
-        "from taskmux_mcp.project import ProjectHandle; "
-        "sys.exit(serve_bridge(ProjectHandle(project=sys.argv[1], tmux_socket=sys.argv[2], "
-        "host_monitor=False), port=0))"
+        "from taskmux_mcp.project import Project, ProjectSlot; "
+        "sys.exit(serve_bridge(ProjectSlot(lambda: Project.open(project=sys.argv[1], "
+        "socket_name=sys.argv[2], host='bridge', hosted_monitor=False)), port=0))"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(project.root), project.server.socket],

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import Project, wait_until
+from support import Workspace, wait_until
 
 from taskmux_mcp.models import ActionResult, HealthResult, StatusResult
 
@@ -21,7 +21,7 @@ def no_traceback(proc: object) -> None:
     assert "Traceback" not in proc.stdout  # type: ignore[attr-defined]
 
 
-def test_start_status_stop_round_trip_with_json_shapes(project: Project) -> None:
+def test_start_status_stop_round_trip_with_json_shapes(project: Workspace) -> None:
     project.write(
         """
         name = "clidemo"
@@ -51,7 +51,7 @@ def test_start_status_stop_round_trip_with_json_shapes(project: Project) -> None
     assert project.task_pids() == []
 
 
-def test_failed_start_exits_1_with_the_reason(project: Project) -> None:
+def test_failed_start_exits_1_with_the_reason(project: Workspace) -> None:
     project.write(
         """
         [tasks.broken]
@@ -78,7 +78,7 @@ def test_failed_start_exits_1_with_the_reason(project: Project) -> None:
         ("[tasks.'a b']\ncommand = 'x'\n", "a b"),
     ],
 )
-def test_bad_config_exits_2_without_traceback(project: Project, toml: str, needle: str) -> None:
+def test_bad_config_exits_2_without_traceback(project: Workspace, toml: str, needle: str) -> None:
     (project.root / "taskmux.toml").write_text(toml)
     for args in (["status"], ["start"], ["--json", "status"]):
         proc = project.cli(*args)
@@ -87,7 +87,7 @@ def test_bad_config_exits_2_without_traceback(project: Project, toml: str, needl
         no_traceback(proc)
 
 
-def test_unknown_task_lists_the_known_ones(project: Project) -> None:
+def test_unknown_task_lists_the_known_ones(project: Workspace) -> None:
     project.write(
         """
         [tasks.api]
@@ -104,7 +104,7 @@ def test_unknown_task_lists_the_known_ones(project: Project) -> None:
         no_traceback(proc)
 
 
-def test_missing_project_says_where_it_looked(tmp_path: Path, project: Project) -> None:
+def test_missing_project_says_where_it_looked(tmp_path: Path, project: Workspace) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = project.cli("--project", str(empty), "status")
@@ -113,7 +113,7 @@ def test_missing_project_says_where_it_looked(tmp_path: Path, project: Project) 
     no_traceback(proc)
 
 
-def test_usage_errors_exit_2(project: Project) -> None:
+def test_usage_errors_exit_2(project: Workspace) -> None:
     project.write('[tasks.api]\ncommand = "sleep 1"\n')
     for args in (["frobnicate"], ["kill"], ["start", "--timeout", "soon"], ["grep", "(unclosed"],
                  ["logs", "--since", "yesterday-ish"], ["start", "--timeout", "-5"]):  # fmt: skip
@@ -123,7 +123,7 @@ def test_usage_errors_exit_2(project: Project) -> None:
         no_traceback(proc)
 
 
-def test_add_and_remove_keep_comments(project: Project) -> None:
+def test_add_and_remove_keep_comments(project: Workspace) -> None:
     path = project.write(
         """
         # my project
@@ -145,7 +145,7 @@ def test_add_and_remove_keep_comments(project: Project) -> None:
     assert path.read_text() == before
 
 
-def test_check_reports_missing_cwd_and_command(project: Project) -> None:
+def test_check_reports_missing_cwd_and_command(project: Workspace) -> None:
     project.write(
         """
         [tasks.api]
@@ -163,7 +163,7 @@ def test_check_reports_missing_cwd_and_command(project: Project) -> None:
     assert project.cli("check").returncode == 0
 
 
-def test_health_and_inspect(project: Project) -> None:
+def test_health_and_inspect(project: Workspace) -> None:
     project.write(
         """
         [tasks.api]
@@ -186,7 +186,7 @@ def test_health_and_inspect(project: Project) -> None:
 
 
 def test_status_costs_at_most_two_tmux_spawns_for_30_tasks(
-    project: Project, tmp_path: Path
+    project: Workspace, tmp_path: Path
 ) -> None:
     tasks = "".join(f'[tasks.t{i}]\ncommand = "sleep 1000"\n' for i in range(30))
     project.write(tasks)
@@ -214,7 +214,7 @@ def test_status_costs_at_most_two_tmux_spawns_for_30_tasks(
     assert 1 <= len(spawns) <= 2, spawns
 
 
-def test_attach_dry_run_targets_the_session_and_window(project: Project) -> None:
+def test_attach_dry_run_targets_the_session_and_window(project: Workspace) -> None:
     project.write('name = "att"\n[tasks.api]\ncommand = "sleep 1000"\n')
     assert project.cli("start").returncode == 0
     proc = project.cli("attach", "api", "--dry-run")
@@ -222,7 +222,7 @@ def test_attach_dry_run_targets_the_session_and_window(project: Project) -> None
     assert "attach-session" in proc.stdout and "-t @" in proc.stdout
 
 
-def test_hosted_monitor_restarts_a_crash_after_the_cli_exits(project: Project) -> None:
+def test_hosted_monitor_restarts_a_crash_after_the_cli_exits(project: Workspace) -> None:
     project.write(
         """
         [tasks.flaky]
@@ -243,7 +243,7 @@ def test_hosted_monitor_restarts_a_crash_after_the_cli_exits(project: Project) -
     assert status.monitor.host == "tmux"
 
 
-def test_hosted_monitor_ends_with_the_last_task_window(project: Project) -> None:
+def test_hosted_monitor_ends_with_the_last_task_window(project: Workspace) -> None:
     project.write('name = "ends"\n[tasks.api]\ncommand = "sleep 1000"\n')
     assert project.cli("start").returncode == 0
 
@@ -257,7 +257,7 @@ def test_hosted_monitor_ends_with_the_last_task_window(project: Project) -> None
     assert project.server.cmd("has-session", "-t", "=ends", check=False).returncode != 0
 
 
-def test_logs_grep_events_and_follow(project: Project) -> None:
+def test_logs_grep_events_and_follow(project: Workspace) -> None:
     project.write(
         """
         [tasks.api]
@@ -297,7 +297,7 @@ def test_logs_grep_events_and_follow(project: Project) -> None:
         follow.wait(timeout=10)
 
 
-def test_mcp_config_clients_match_the_renderer(project: Project) -> None:
+def test_mcp_config_clients_match_the_renderer(project: Workspace) -> None:
     from taskmux_mcp.agent_configs import CLIENTS
     from taskmux_mcp.cli import MCP_CLIENTS
 
@@ -310,7 +310,7 @@ def test_mcp_config_clients_match_the_renderer(project: Project) -> None:
     assert entry["command"].endswith("taskmux-mcp")
 
 
-def test_bridge_and_bridge_call_from_the_cli(project: Project) -> None:
+def test_bridge_and_bridge_call_from_the_cli(project: Workspace) -> None:
     import signal
 
     project.write('[tasks.api]\ncommand = "sleep 1000"\n')

@@ -144,7 +144,7 @@ def test_recording_never_raises_on_disk_errors(
     with caplog.at_level(logging.WARNING, logger="taskmux_mcp.events"):
         event = log.record(EventType.KILLED, Cause.AGENT, "api", signal="SIGKILL")
     assert event.type == "killed"
-    assert "could not record event killed" in caplog.text
+    assert "could not record the killed event" in caplog.text
     assert log.read().events == []
 
 

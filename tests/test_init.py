@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from support import Project
+from support import Workspace
 
 from taskmux_mcp.config import load_config
 from taskmux_mcp.init import NOTE_BEGIN, NOTE_END, detect_tasks, write_agent_note
@@ -39,7 +39,7 @@ def test_agent_note_is_added_once_between_markers(tmp_path: Path) -> None:
     assert not (tmp_path / "AGENTS.md").exists()
 
 
-def test_init_defaults_writes_a_valid_config_and_keeps_an_existing_one(project: Project) -> None:
+def test_init_defaults_writes_a_valid_config_and_keeps_an_existing_one(project: Workspace) -> None:
     (project.root / "Procfile").write_text("api: python3 -m http.server 9\n")
     proc = project.cli("--json", "init", "--defaults")
     assert proc.returncode == 0, proc.stderr
@@ -55,7 +55,7 @@ def test_init_defaults_writes_a_valid_config_and_keeps_an_existing_one(project: 
     assert (project.root / "AGENTS.md").read_text().count(NOTE_BEGIN) == 1
 
 
-def test_init_without_anything_to_detect_writes_an_example(project: Project) -> None:
+def test_init_without_anything_to_detect_writes_an_example(project: Workspace) -> None:
     proc = project.cli("init", "--defaults")
     assert proc.returncode == 0, proc.stderr
     text = (project.root / "taskmux.toml").read_text()

@@ -27,13 +27,11 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.server import MCPServer
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
-from support import REPO, Project
+from support import REPO, Workspace, slot_for
 
 from taskmux_mcp import mcp_server
-from taskmux_mcp.events import Cause
 from taskmux_mcp.mcp_server import INSTRUCTIONS, build_server
-from taskmux_mcp.project import ProjectHandle
-from taskmux_mcp.tools import TOOL_INFO
+from taskmux_mcp.operations import OPERATIONS
 
 TOOLS = {
     "status",
@@ -110,24 +108,13 @@ async def until_async(predicate: Callable[[], Awaitable[Any]], timeout: float = 
         await anyio.sleep(0.1)
 
 
-def handle_for(project: Project, **kw: Any) -> ProjectHandle:
-    """A handle like taskmux-mcp's, on the project's private tmux server (no hosted monitor)."""
-    return ProjectHandle(
-        project=kw.pop("root", project.root),
-        tmux_socket=project.server.socket,
-        cause=Cause.AGENT,
-        host_monitor=False,
-        **kw,
-    )
-
-
 @asynccontextmanager
 async def connect(
-    project: Project, *, mode: str = "legacy", server: MCPServer[Any] | None = None
+    project: Workspace, *, mode: str = "legacy", server: MCPServer[Any] | None = None
 ) -> AsyncIterator[tuple[Client, Seen]]:
     """An in-memory client session against the server (a fresh one for the project by default)."""
     seen = Seen()
-    server = server or build_server(handle_for(project))
+    server = server or build_server(slot_for(project))
     async with Client(
         server, mode=mode, logging_callback=seen.on_log, message_handler=seen.on_message
     ) as client:
@@ -186,7 +173,9 @@ stop_grace_period = 0.5
 
 
 @pytest.mark.anyio
-async def test_tools_list_has_the_ten_tools_with_schemas_and_annotations(project: Project) -> None:
+async def test_tools_list_has_the_ten_tools_with_schemas_and_annotations(
+    project: Workspace,
+) -> None:
     project.write(SIMPLE)
     async with connect(project) as (client, _):
         assert client.instructions == INSTRUCTIONS and "`status` first" in INSTRUCTIONS
@@ -196,7 +185,7 @@ async def test_tools_list_has_the_ten_tools_with_schemas_and_annotations(project
         listed = {tool.name: tool for tool in (await client.list_tools()).tools}
     assert set(listed) == TOOLS
     for name, tool in listed.items():
-        info = TOOL_INFO[name]
+        info = OPERATIONS[name]
         assert tool.input_schema["type"] == "object"
         assert "progress" not in tool.input_schema["properties"]
         assert tool.output_schema is not None and tool.output_schema["type"] == "object"
@@ -250,16 +239,16 @@ def session_toml(port: int, marker: Path) -> str:
 
 
 @pytest.mark.anyio
-async def test_full_session(project: Project) -> None:
+async def test_full_session(project: Workspace) -> None:
     port = free_port()
     project.write(session_toml(port, project.root / "hook.txt"))
-    project.supervisor()
+    project.open()
     progress: list[float] = []
 
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         progress.append(value)
 
-    server = build_server(handle_for(project))
+    server = build_server(slot_for(project))
     async with (
         connect(project, server=server) as (client, seen),
         connect(project, server=server) as (_, other),
@@ -357,9 +346,9 @@ async def test_full_session(project: Project) -> None:
 
 
 @pytest.mark.anyio
-async def test_bad_requests_are_tool_errors_and_the_server_stays_up(project: Project) -> None:
+async def test_bad_requests_are_tool_errors_and_the_server_stays_up(project: Workspace) -> None:
     project.write(SIMPLE)
-    project.supervisor()
+    project.open()
     async with connect(project) as (client, _):
         assert "known tasks: a, b" in await fail(client, "start", tasks=["nope"])
         assert "unknown task 'nope'" in await fail(client, "inspect", task="nope")
@@ -370,13 +359,13 @@ async def test_bad_requests_are_tool_errors_and_the_server_stays_up(project: Pro
         assert "at least one" in await fail(client, "kill", tasks=[])
         assert "limit" in await fail(client, "events", limit=0)
         assert "timeout" in await fail(client, "start", timeout=-1)
-        assert "validation error" in await fail(client, "grep", pattern=3)
+        assert "pattern must be a string" in await fail(client, "grep", pattern=3)
         status = await call(client, "status")
         assert [t["name"] for t in status["tasks"]] == ["a", "b"]
 
 
 @pytest.mark.anyio
-async def test_invalid_config_is_explained_and_a_fix_is_picked_up(project: Project) -> None:
+async def test_invalid_config_is_explained_and_a_fix_is_picked_up(project: Workspace) -> None:
     project.write('[tasks.a]\ncomand = "sleep 1000"\n')
     async with connect(project) as (client, seen):
         message = await fail(client, "status")
@@ -392,7 +381,7 @@ async def test_invalid_config_is_explained_and_a_fix_is_picked_up(project: Proje
         status = await call(client, "status")
         assert [t["name"] for t in status["tasks"]] == ["a", "b"]
         assert status["config_error"] is None
-        project.supervisor()
+        project.open()
         # the monitor, waiting for a valid file, now acts
         await until_async(lambda: _monitor_acting(client))
 
@@ -411,8 +400,8 @@ async def _monitor_acting(client: Client) -> bool:
 
 
 @pytest.mark.anyio
-async def test_no_project_found_says_how_to_create_one(project: Project) -> None:
-    server = build_server(handle_for(project, root=None, cwd=project.root))
+async def test_no_project_found_says_how_to_create_one(project: Workspace) -> None:
+    server = build_server(slot_for(project, cwd=project.root))
     async with Client(server, mode="legacy") as client:
         message = await fail(client, "status")
     assert "no taskmux.toml found" in message and "taskmux init" in message
@@ -425,9 +414,9 @@ def _text(result: types.ReadResourceResult) -> str:
 
 
 @pytest.mark.anyio
-async def test_resources_read(project: Project) -> None:
+async def test_resources_read(project: Workspace) -> None:
     path = project.write(SIMPLE)
-    project.supervisor()
+    project.open()
     async with connect(project) as (client, _):
         await call(client, "start", tasks=["a"], wait=False)
         listed = {str(r.uri) for r in (await client.list_resources()).resources}
@@ -465,9 +454,9 @@ async def test_resources_read(project: Project) -> None:
 
 
 @pytest.mark.anyio
-async def test_subscriptions_notify_state_changes_in_both_protocol_eras(project: Project) -> None:
+async def test_subscriptions_notify_state_changes_in_both_protocol_eras(project: Workspace) -> None:
     project.write(SIMPLE)
-    project.supervisor()
+    project.open()
     async with connect(project) as (client, seen):
         await subscribe(client, "taskmux://status")
         await subscribe(client, "taskmux://tasks/a")
@@ -497,7 +486,7 @@ async def test_subscriptions_notify_state_changes_in_both_protocol_eras(project:
 
 @pytest.mark.anyio
 async def test_cancelling_a_waiting_start_stops_the_wait_cleanly(
-    project: Project, monkeypatch: pytest.MonkeyPatch
+    project: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(mcp_server, "HEARTBEAT_S", 0.2)
     project.write(
@@ -512,7 +501,7 @@ async def test_cancelling_a_waiting_start_stops_the_wait_cleanly(
         after_start = "touch {project.root / "waited"}"
         """
     )
-    project.supervisor()
+    project.open()
     async with connect(project) as (client, _):
         scope = anyio.CancelScope()
         launched = anyio.Event()
@@ -558,7 +547,7 @@ async def test_cancelling_a_waiting_start_stops_the_wait_cleanly(
 
 
 @pytest.mark.anyio
-async def test_start_reports_a_failure_with_its_verdict(project: Project) -> None:
+async def test_start_reports_a_failure_with_its_verdict(project: Workspace) -> None:
     project.write(
         """
         [tasks.broken]
@@ -569,7 +558,7 @@ async def test_start_reports_a_failure_with_its_verdict(project: Project) -> Non
         depends_on = ["broken"]
         """
     )
-    project.supervisor()
+    project.open()
     async with connect(project) as (client, _):
         result = await client.call_tool("start", {})
         text = result.content[0]
@@ -586,7 +575,7 @@ async def test_start_reports_a_failure_with_its_verdict(project: Project) -> Non
 # ------------------------------------------------------------------ stdio
 
 
-def stdio_params(project: Project) -> StdioServerParameters:
+def stdio_params(project: Workspace) -> StdioServerParameters:
     """The installed entry point, started the way an agent client starts it."""
     return StdioServerParameters(
         command=str(ENTRY),
@@ -609,9 +598,9 @@ stop_grace_period = 0.5
 
 
 @pytest.mark.anyio
-async def test_stdio_entry_point_initialize_list_and_call(project: Project) -> None:
+async def test_stdio_entry_point_initialize_list_and_call(project: Workspace) -> None:
     project.write(SIMPLE)
-    project.supervisor()
+    project.open()
     async with Client(stdio_params(project), mode="legacy") as client:
         assert client.server_info is not None and client.server_info.name == "taskmux"
         assert {t.name for t in (await client.list_tools()).tools} == TOOLS
@@ -634,9 +623,9 @@ def rpc(method: str, params: dict[str, Any] | None, ident: int | None = None) ->
     return (json.dumps(message) + "\n").encode()
 
 
-def test_stdout_carries_only_json_rpc(project: Project) -> None:
+def test_stdout_carries_only_json_rpc(project: Workspace) -> None:
     project.write(NOISY)
-    project.supervisor()
+    project.open()
     proc = subprocess.Popen(
         [str(ENTRY), "--project", str(project.root)],
         stdin=subprocess.PIPE,
@@ -687,9 +676,9 @@ def test_stdout_carries_only_json_rpc(project: Project) -> None:
     assert b"NOISE-1" not in b"".join(x for x in lines if b'"id":3' not in x)
 
 
-def test_sigterm_stops_the_server_and_tasks_keep_running(project: Project) -> None:
+def test_sigterm_stops_the_server_and_tasks_keep_running(project: Workspace) -> None:
     project.write(SIMPLE)
-    sup = project.supervisor()
+    sup = project.open()
     proc = subprocess.Popen(
         [str(ENTRY), "--project", str(project.root)],
         stdin=subprocess.PIPE,
@@ -795,10 +784,10 @@ def inspector() -> tuple[Path, str]:
     return cli, path_env
 
 
-def test_mcp_inspector_cli_lists_tools_and_calls_one(project: Project) -> None:
+def test_mcp_inspector_cli_lists_tools_and_calls_one(project: Workspace) -> None:
     cli, path_env = inspector()
     project.write(SIMPLE)
-    project.supervisor()
+    project.open()
     server_env = [
         arg
         for key in ("TMUX_TMPDIR", "TASKMUX_STATE_DIR", "TASKMUX_TMUX_SOCKET", "HOME")

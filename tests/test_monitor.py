@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import anyio
 import pytest
 from support import (
-    Project,
+    Workspace,
     acting_pid,
     end_processes,
     events_of,
@@ -21,11 +21,11 @@ from support import (
 )
 
 from taskmux_mcp.models import TaskState
-from taskmux_mcp.supervisor import Supervisor
+from taskmux_mcp.project import Project as Facade
 
 
 @pytest.fixture
-def monitors(project: Project) -> Iterator[list[subprocess.Popen[bytes]]]:
+def monitors(project: Workspace) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Monitor processes started by a test, ended afterwards; no hosted monitor."""
     procs: list[subprocess.Popen[bytes]] = []
     project.env["TASKMUX_HOSTED_MONITOR"] = "0"
@@ -33,13 +33,13 @@ def monitors(project: Project) -> Iterator[list[subprocess.Popen[bytes]]]:
     end_processes(procs)
 
 
-def state_of(sup: Supervisor, name: str) -> TaskState:
+def state_of(sup: Facade, name: str) -> TaskState:
     """The current state of one task."""
     return status_of(sup, name).state
 
 
 def test_on_failure_backs_off_then_gives_up(
-    project: Project, monitors: list[subprocess.Popen[bytes]]
+    project: Workspace, monitors: list[subprocess.Popen[bytes]]
 ) -> None:
     project.write(
         """
@@ -49,7 +49,7 @@ def test_on_failure_backs_off_then_gives_up(
         restart_backoff = 1.3
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     run_monitor(project, monitors, sup)
     anyio.run(lambda: sup.start(wait=False))
     wait_until(lambda: state_of(sup, "crash") is TaskState.FAILED, timeout=30, interval=0.2)
@@ -58,12 +58,12 @@ def test_on_failure_backs_off_then_gives_up(
     gave_up = events_of(sup, "gave_up", "crash")
     assert len(gave_up) == 1 and "max_restarts = 3" in str(gave_up[0]["reason"])
     assert gave_up[0]["_cause"] == "policy"
-    assert sup.store.get("crash").runs == 4
+    assert sup.records.get("crash").run == 4
     status = next(t for t in anyio.run(sup.status).tasks if t.name == "crash")
     assert status.error and "gave up" in status.error
 
 
-def test_clean_exit_policies(project: Project, monitors: list[subprocess.Popen[bytes]]) -> None:
+def test_clean_exit_policies(project: Workspace, monitors: list[subprocess.Popen[bytes]]) -> None:
     project.write(
         """
         [tasks.once]
@@ -80,22 +80,22 @@ def test_clean_exit_policies(project: Project, monitors: list[subprocess.Popen[b
         command = "sh -c 'sleep 1000'"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     run_monitor(project, monitors, sup)
     anyio.run(lambda: sup.start(wait=False))
-    wait_until(lambda: sup.store.get("again").runs >= 3, timeout=20)
+    wait_until(lambda: sup.records.get("again").run >= 3, timeout=20)
     wait_until(lambda: len(events_of(sup, "exited", "never")) == 1, timeout=10)
-    assert sup.store.get("once").runs == 1
+    assert sup.records.get("once").run == 1
     assert state_of(sup, "once") is TaskState.EXITED
-    assert sup.store.get("never").runs == 1
+    assert sup.records.get("never").run == 1
     assert state_of(sup, "never") is TaskState.EXITED
-    assert sup.store.get("long").runs == 1
+    assert sup.records.get("long").run == 1
     assert state_of(sup, "long") is TaskState.RUNNING
     assert events_of(sup, "exited", "long") == []
 
 
 def test_health_failures_restart_only_after_the_start_period(
-    project: Project, monitors: list[subprocess.Popen[bytes]]
+    project: Workspace, monitors: list[subprocess.Popen[bytes]]
 ) -> None:
     project.write(
         """
@@ -108,16 +108,16 @@ def test_health_failures_restart_only_after_the_start_period(
         restart_backoff = 1.0
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     run_monitor(project, monitors, sup)
     anyio.run(lambda: sup.start(wait=False))
-    started = sup.store.get("api").started_at
+    started = sup.records.get("api").started_at
     assert started is not None
-    wait_until(lambda: len(sup.store.get("api").checks) >= 3, timeout=10)
-    record = sup.store.get("api")
-    assert record.runs == 1 and record.health_failures == 0
+    wait_until(lambda: len(sup.records.get("api").checks) >= 3, timeout=10)
+    record = sup.records.get("api")
+    assert record.run == 1 and record.health_failures == 0
     assert [c for c in record.checks if not c.healthy and c.at - started < 3]
-    wait_until(lambda: sup.store.get("api").runs >= 2, timeout=20)
+    wait_until(lambda: sup.records.get("api").run >= 2, timeout=20)
     restart = events_of(sup, "restart_scheduled", "api")[0]
     assert "health" in str(restart["reason"])
     assert float(str(restart["_time"])) - started >= 3.0
@@ -126,7 +126,7 @@ def test_health_failures_restart_only_after_the_start_period(
 
 
 def test_stop_from_another_process_is_respected(
-    project: Project, monitors: list[subprocess.Popen[bytes]]
+    project: Workspace, monitors: list[subprocess.Popen[bytes]]
 ) -> None:
     project.write(
         """
@@ -144,7 +144,7 @@ def test_stop_from_another_process_is_respected(
         max_restarts = 0
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     run_monitor(project, monitors, sup)
     assert anyio.run(lambda: sup.start(["api", "web"], timeout=10)).ok
     assert project.cli("stop", "api").returncode == 0
@@ -154,14 +154,14 @@ def test_stop_from_another_process_is_respected(
     run_monitor(project, monitors, sup)
     anyio.run(lambda: sup.start(["canary"], wait=False))
     # The canary crashing and being restarted twice proves the new monitor has swept since.
-    wait_until(lambda: sup.store.get("canary").runs >= 3, timeout=20)
+    wait_until(lambda: sup.records.get("canary").run >= 3, timeout=20)
     assert state_of(sup, "api") is TaskState.STOPPED
     assert state_of(sup, "web") is TaskState.STOPPED
-    assert sup.store.get("api").runs == 1 and sup.store.get("web").runs == 1
+    assert sup.records.get("api").run == 1 and sup.records.get("web").run == 1
 
 
 def test_one_monitor_acts_and_another_takes_over_after_sigkill(
-    project: Project, monitors: list[subprocess.Popen[bytes]]
+    project: Workspace, monitors: list[subprocess.Popen[bytes]]
 ) -> None:
     project.write(
         """
@@ -176,7 +176,7 @@ def test_one_monitor_acts_and_another_takes_over_after_sigkill(
         auto_start = false
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     first = run_monitor(project, monitors, sup)
     second = spawn_monitor(project, monitors)
     assert anyio.run(lambda: sup.start(timeout=10)).ok
@@ -186,16 +186,16 @@ def test_one_monitor_acts_and_another_takes_over_after_sigkill(
     pid = next(t.pid for t in anyio.run(sup.status).tasks if t.name == "flaky")
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: sup.store.get("flaky").runs == 2, timeout=10)
+    wait_until(lambda: sup.records.get("flaky").run == 2, timeout=10)
     anyio.run(lambda: sup.start(["canary"], wait=False))
-    wait_until(lambda: sup.store.get("canary").runs >= 3, timeout=20)
-    assert sup.store.get("flaky").runs == 2, "restarted twice"
+    wait_until(lambda: sup.records.get("canary").run >= 3, timeout=20)
+    assert sup.records.get("flaky").run == 2, "restarted twice"
     assert len(events_of(sup, "restarted", "flaky")) == 1
     assert len(events_of(sup, "exited", "flaky")) == 1
 
 
 def test_tmux_server_death_brings_tasks_back(
-    project: Project, monitors: list[subprocess.Popen[bytes]]
+    project: Workspace, monitors: list[subprocess.Popen[bytes]]
 ) -> None:
     project.write(
         """
@@ -206,21 +206,24 @@ def test_tmux_server_death_brings_tasks_back(
         command = "sleep 1000"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     run_monitor(project, monitors, sup)
     assert anyio.run(lambda: sup.start(timeout=10)).ok
     assert anyio.run(lambda: sup.stop(["stopped"])).ok
     project.server.kill()
-    wait_until(lambda: state_of(sup, "api") is TaskState.RUNNING and sup.store.get("api").runs == 2,
-               timeout=15, interval=0.2)  # fmt: skip
+    wait_until(
+        lambda: state_of(sup, "api") is TaskState.RUNNING and sup.records.get("api").run == 2,
+        timeout=15,
+        interval=0.2,
+    )
     assert state_of(sup, "stopped") is TaskState.STOPPED
     exited = events_of(sup, "exited", "api")
     assert exited and exited[-1]["vanished"] is True
-    assert sup.store.get("api").total_restarts == 1
+    assert sup.records.get("api").total_restarts == 1
 
 
 def test_invalid_config_is_kept_out_then_picked_up(
-    project: Project, monitors: list[subprocess.Popen[bytes]]
+    project: Workspace, monitors: list[subprocess.Popen[bytes]]
 ) -> None:
     path = project.write(
         """
@@ -228,7 +231,7 @@ def test_invalid_config_is_kept_out_then_picked_up(
         command = "sleep 1000"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     run_monitor(project, monitors, sup)
     assert anyio.run(lambda: sup.start(timeout=10)).ok
     pid = next(t.pid for t in anyio.run(sup.status).tasks)
@@ -238,13 +241,13 @@ def test_invalid_config_is_kept_out_then_picked_up(
     assert next(t.pid for t in anyio.run(sup.status).tasks) == pid
     path.write_text('[tasks.api]\ncommand = "sleep 1000"\n[tasks.added]\ncommand = "sleep 999"\n')
     wait_until(lambda: events_of(sup, "config_reloaded"), timeout=10)
-    fresh = project.supervisor()
+    fresh = project.open()
     wait_until(lambda: state_of(fresh, "added") is TaskState.RUNNING, timeout=10)
     assert next(t.pid for t in anyio.run(fresh.status).tasks if t.name == "api") == pid
 
 
 def test_save_by_rename_restarts_only_changed_tasks(
-    project: Project, monitors: list[subprocess.Popen[bytes]]
+    project: Workspace, monitors: list[subprocess.Popen[bytes]]
 ) -> None:
     path = project.write(
         """
@@ -256,14 +259,14 @@ def test_save_by_rename_restarts_only_changed_tasks(
         command = "sleep 1000"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     run_monitor(project, monitors, sup)
     assert anyio.run(lambda: sup.start(timeout=10)).ok
     before = {t.name: t.pid for t in anyio.run(sup.status).tasks}
     tmp = path.with_name(".taskmux.toml.swp")
     tmp.write_text('[tasks.keep]\ncommand = "sleep 1000"\n[tasks.change]\ncommand = "sleep 1001"\n')
     os.replace(tmp, path)
-    fresh = project.supervisor()
+    fresh = project.open()
 
     def applied() -> bool:
         now = {t.name: t for t in anyio.run(fresh.status).tasks}
@@ -280,7 +283,7 @@ def test_save_by_rename_restarts_only_changed_tasks(
 
 
 def test_deleted_cwd_backs_off_without_runaway_spawning(
-    project: Project, monitors: list[subprocess.Popen[bytes]]
+    project: Workspace, monitors: list[subprocess.Popen[bytes]]
 ) -> None:
     (project.root / "app").mkdir()
     project.write(
@@ -292,7 +295,7 @@ def test_deleted_cwd_backs_off_without_runaway_spawning(
         max_restarts = 3
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     run_monitor(project, monitors, sup)
     assert anyio.run(lambda: sup.start(timeout=10)).ok
     (project.root / "app").rmdir()
@@ -303,4 +306,6 @@ def test_deleted_cwd_backs_off_without_runaway_spawning(
     scheduled = events_of(sup, "restart_scheduled", "app")
     assert [e["delay_s"] for e in scheduled] == [1.0, 2.0, 4.0]
     assert all("does not exist" in str(e["reason"]) for e in scheduled[1:])
-    assert sup.store.get("app").runs == 1, "a spawn was attempted without its cwd"
+    pane = sup.backend.snapshot_sync().panes["app"]
+    assert pane.run == 1, "a spawn was attempted without its cwd"
+    assert sup.records.get("app").run == 4  # the first run and three refused launches

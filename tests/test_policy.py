@@ -71,7 +71,7 @@ def test_decisions(
 @pytest.mark.parametrize(
     ("backoff", "restarts", "delay"),
     [(2.0, 0, 1.0), (2.0, 1, 2.0), (2.0, 3, 8.0), (2.0, 6, 60.0), (3.0, 2, 9.0), (1.0, 9, 1.0),
-     (10.0, 400, 60.0), (0.0, 0, 1.0), (0.0, 2, 0.0)],
+     (10.0, 400, 60.0), (0.0, 0, 0.0), (0.0, 2, 0.0)],
 )  # fmt: skip
 def test_backoff_is_exponential_and_capped(backoff: float, restarts: int, delay: float) -> None:
     assert backoff_delay(backoff, restarts) == delay

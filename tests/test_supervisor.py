@@ -11,13 +11,13 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
-from support import Project, status_of, wait_until
+from support import Workspace, status_of, wait_until
 
 from taskmux_mcp.models import TaskState
-from taskmux_mcp.supervisor import Supervisor
+from taskmux_mcp.project import Project as Facade
 
 
-def test_exit_status_and_signal_are_read_from_the_pane(project: Project) -> None:
+def test_exit_status_and_signal_are_read_from_the_pane(project: Workspace) -> None:
     project.write(
         """
         [tasks.three]
@@ -28,7 +28,7 @@ def test_exit_status_and_signal_are_read_from_the_pane(project: Project) -> None
         restart_policy = "no"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     result = anyio.run(lambda: sup.start(["three", "segv"], timeout=10))
     by_name = {t.name: t for t in result.tasks}
     assert not result.ok
@@ -41,14 +41,14 @@ def test_exit_status_and_signal_are_read_from_the_pane(project: Project) -> None
     assert segv.exit_signal == "SIGSEGV"
 
 
-def test_sh_c_task_is_running_not_dead(project: Project) -> None:
+def test_sh_c_task_is_running_not_dead(project: Workspace) -> None:
     project.write(
         """
         [tasks.sleeper]
         command = "sh -c 'sleep 1000'"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     result = anyio.run(lambda: sup.start(["sleeper"], timeout=10))
     assert result.ok, result
     status = status_of(sup, "sleeper")
@@ -56,7 +56,7 @@ def test_sh_c_task_is_running_not_dead(project: Project) -> None:
     assert psutil.pid_exists(status.pid)
 
 
-def test_stop_leaves_no_process_of_a_tree(project: Project) -> None:
+def test_stop_leaves_no_process_of_a_tree(project: Workspace) -> None:
     project.write(
         """
         [tasks.tree]
@@ -67,7 +67,7 @@ def test_stop_leaves_no_process_of_a_tree(project: Project) -> None:
         stop_grace_period = 0.3
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     assert anyio.run(lambda: sup.start(timeout=10)).ok
     wait_until(lambda: len(project.task_pids()) >= 5)
     result = anyio.run(sup.stop)
@@ -77,7 +77,7 @@ def test_stop_leaves_no_process_of_a_tree(project: Project) -> None:
 
 
 def test_stop_of_a_task_that_dies_on_sigint_does_not_wait_for_the_grace_period(
-    project: Project,
+    project: Workspace,
 ) -> None:
     project.write(
         """
@@ -86,16 +86,16 @@ def test_stop_of_a_task_that_dies_on_sigint_does_not_wait_for_the_grace_period(
         stop_grace_period = 5
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     assert anyio.run(lambda: sup.start(timeout=10)).ok
     result = anyio.run(lambda: sup.stop(["sleep"]))
     assert result.ok
     assert result.tasks[0].duration_s is not None and result.tasks[0].duration_s < 5
-    stopped = sup.read_events("sleep").events[-1]
+    stopped = sup.events_sync(["sleep"]).events[-1]
     assert stopped.type == "stopped" and stopped.details["signal"] == "SIGINT"
 
 
-def test_setsid_grandchild_is_stopped_too(project: Project) -> None:
+def test_setsid_grandchild_is_stopped_too(project: Workspace) -> None:
     project.write(
         """
         [tasks.daemon]
@@ -103,21 +103,21 @@ def test_setsid_grandchild_is_stopped_too(project: Project) -> None:
         stop_grace_period = 0.5
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     assert anyio.run(lambda: sup.start(timeout=10)).ok
     wait_until(lambda: len(project.task_pids()) >= 2)
     assert anyio.run(sup.stop).ok
     assert project.task_pids() == []
 
 
-def test_kill_removes_the_window(project: Project) -> None:
+def test_kill_removes_the_window(project: Workspace) -> None:
     project.write(
         """
         [tasks.victim]
         command = "sleep 1000"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     assert anyio.run(lambda: sup.start(timeout=10)).ok
     windows = project.server.cmd("list-windows", "-a", "-F", "#{@taskmux_task}").stdout.split()
     assert "victim" in windows
@@ -135,7 +135,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_port_cleanup_frees_a_listener_and_spares_a_connected_client(project: Project) -> None:
+def test_port_cleanup_frees_a_listener_and_spares_a_connected_client(project: Workspace) -> None:
     port = _free_port()
     listener = subprocess.Popen(
         [sys.executable, "-c", f"""
@@ -169,12 +169,12 @@ time.sleep(1000)
             health_start_period = 5
             """
         )
-        sup = project.supervisor()
+        sup = project.open()
         result = anyio.run(lambda: sup.start(timeout=20))
         assert result.ok, result
         assert listener.wait(timeout=5) is not None
         assert client.poll() is None, "a process merely connected to the port was killed"
-        freed = [e for e in sup.read_events("web").events if e.type == "port_freed"]
+        freed = [e for e in sup.events_sync(["web"]).events if e.type == "port_freed"]
         assert freed and freed[0].details["pid"] == listener.pid
     finally:
         for proc in (listener, client):
@@ -182,7 +182,7 @@ time.sleep(1000)
             proc.wait()
 
 
-def test_dependency_chain_in_order_and_independent_tasks_in_parallel(project: Project) -> None:
+def test_dependency_chain_in_order_and_independent_tasks_in_parallel(project: Workspace) -> None:
     project.write(
         """
         [tasks.a]
@@ -195,16 +195,16 @@ def test_dependency_chain_in_order_and_independent_tasks_in_parallel(project: Pr
         command = "sleep 1000"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     result = anyio.run(lambda: sup.start(timeout=20))
     assert result.ok, result
-    started = {e.task: e.time.timestamp() for e in sup.read_events().events if e.type == "started"}
+    started = {e.task: e.time.timestamp() for e in sup.events_sync().events if e.type == "started"}
     assert started["b"] - started["a"] >= 0.5, "b started before its dependency was healthy"
     assert abs(started["c"] - started["a"]) < 0.5, "independent task c waited for a"
     assert (project.root / "a.ready").exists()
 
 
-def test_start_of_a_named_task_starts_its_dependencies(project: Project) -> None:
+def test_start_of_a_named_task_starts_its_dependencies(project: Workspace) -> None:
     project.write(
         """
         [tasks.db]
@@ -216,7 +216,7 @@ def test_start_of_a_named_task_starts_its_dependencies(project: Project) -> None
         command = "sleep 1000"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     result = anyio.run(lambda: sup.start(["api"], timeout=20))
     assert [t.name for t in result.tasks] == ["db", "api"]
     states = {t.name: t.state for t in anyio.run(sup.status).tasks}
@@ -225,7 +225,7 @@ def test_start_of_a_named_task_starts_its_dependencies(project: Project) -> None
     assert {t.action for t in again.tasks} == {"already_running"}
 
 
-def test_failed_dependency_blocks_dependents_with_a_reason(project: Project) -> None:
+def test_failed_dependency_blocks_dependents_with_a_reason(project: Workspace) -> None:
     project.write(
         """
         [tasks.db]
@@ -235,7 +235,7 @@ def test_failed_dependency_blocks_dependents_with_a_reason(project: Project) -> 
         depends_on = ["db"]
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     result = anyio.run(lambda: sup.start(timeout=20))
     assert not result.ok
     db, api = result.tasks
@@ -245,7 +245,7 @@ def test_failed_dependency_blocks_dependents_with_a_reason(project: Project) -> 
     assert api.state is TaskState.STOPPED
 
 
-def test_unhealthy_start_reports_the_check_output(project: Project) -> None:
+def test_unhealthy_start_reports_the_check_output(project: Workspace) -> None:
     project.write(
         """
         [tasks.api]
@@ -255,7 +255,7 @@ def test_unhealthy_start_reports_the_check_output(project: Project) -> None:
         health_retries = 2
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     result = anyio.run(lambda: sup.start(timeout=20))
     assert not result.ok
     api = result.tasks[0]
@@ -263,7 +263,7 @@ def test_unhealthy_start_reports_the_check_output(project: Project) -> None:
     assert api.check_output and "db unreachable" in api.check_output
 
 
-def test_hooks_run_and_a_failing_before_start_aborts(project: Project) -> None:
+def test_hooks_run_and_a_failing_before_start_aborts(project: Workspace) -> None:
     project.write(
         """
         [hooks]
@@ -278,7 +278,7 @@ def test_hooks_run_and_a_failing_before_start_aborts(project: Project) -> None:
         hooks = { before_start = "echo 'cannot migrate'; exit 4" }
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     result = anyio.run(lambda: sup.start(timeout=20))
     by_name = {t.name: t for t in result.tasks}
     assert by_name["good"].ok
@@ -290,21 +290,26 @@ def test_hooks_run_and_a_failing_before_start_aborts(project: Project) -> None:
     assert lines == ["project", "good-before", "good-after-stop"]
 
 
-def test_two_checkouts_with_the_same_name_do_not_collide(project: Project, tmp_path: Path) -> None:
+def test_two_checkouts_with_the_same_name_do_not_collide(
+    project: Workspace, tmp_path: Path
+) -> None:
     toml = """
         name = "same"
         [tasks.api]
         command = "sleep 1000"
         """
     project.write(toml)
-    first = project.supervisor()
+    first = project.open()
     other_root = tmp_path / "other"
     other_root.mkdir()
     (other_root / "taskmux.toml").write_text(project.root.joinpath("taskmux.toml").read_text())
-    from taskmux_mcp.config import load_config
-
-    second = Supervisor(load_config(other_root / "taskmux.toml"), socket_name=project.server.socket)
-    project.supervisors.append(second)
+    second = Facade(
+        other_root / "taskmux.toml",
+        socket_name=project.server.socket,
+        environ=project.env,
+        hosted_monitor=False,
+    )
+    project.facades.append(second)
     assert anyio.run(lambda: first.start(timeout=10)).ok
     assert anyio.run(lambda: second.start(timeout=10)).ok
     s1, s2 = anyio.run(first.status), anyio.run(second.status)
@@ -316,7 +321,7 @@ def test_two_checkouts_with_the_same_name_do_not_collide(project: Project, tmp_p
     assert status_of(second, "api").state is TaskState.STOPPED
 
 
-def test_hostile_tmux_conf_changes_nothing(project: Project) -> None:
+def test_hostile_tmux_conf_changes_nothing(project: Workspace) -> None:
     home = Path(project.env["HOME"])
     (home / ".tmux.conf").write_text(
         "set -g base-index 1\n"
@@ -339,12 +344,12 @@ def test_hostile_tmux_conf_changes_nothing(project: Project) -> None:
         command = "for i in $(seq 1 50); do echo line $i; done; sleep 1000"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     result = anyio.run(lambda: sup.start(timeout=20))
     by_name = {t.name: t for t in result.tasks}
     assert by_name["quick"].exit_code == 3
     assert by_name["long"].ok
-    wait_until(lambda: len(sup.read_logs("long", lines=100).lines) >= 50)
+    wait_until(lambda: len(sup.logs_sync(["long"], lines=100).lines) >= 50)
     statuses = {t.name: t for t in anyio.run(sup.status).tasks}
     assert statuses["quick"].state is TaskState.EXITED and statuses["quick"].exit_code == 3
     assert statuses["long"].state is TaskState.RUNNING
@@ -353,30 +358,30 @@ def test_hostile_tmux_conf_changes_nothing(project: Project) -> None:
     assert anyio.run(sup.stop).ok
 
 
-def test_stop_is_recorded_for_other_processes(project: Project) -> None:
+def test_stop_is_recorded_for_other_processes(project: Workspace) -> None:
     project.write(
         """
         [tasks.api]
         command = "sleep 1000"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     assert anyio.run(lambda: sup.start(timeout=10)).ok
     proc = project.cli("stop", "api")
     assert proc.returncode == 0, proc.stderr
-    fresh = project.supervisor()
-    assert fresh.store.get("api").manually_stopped
+    fresh = project.open()
+    assert fresh.records.get("api").manually_stopped
     assert status_of(fresh, "api").manually_stopped
 
 
-def test_uptime_and_pid_reported(project: Project) -> None:
+def test_uptime_and_pid_reported(project: Workspace) -> None:
     project.write(
         """
         [tasks.api]
         command = "sleep 1000"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     assert anyio.run(lambda: sup.start(timeout=10)).ok
     time.sleep(0.1)
     status = status_of(sup, "api")
@@ -385,21 +390,21 @@ def test_uptime_and_pid_reported(project: Project) -> None:
 
 
 @pytest.mark.parametrize("bad", ["", "nope"])
-def test_unknown_task_names_the_known_ones(project: Project, bad: str) -> None:
+def test_unknown_task_names_the_known_ones(project: Workspace, bad: str) -> None:
     project.write(
         """
         [tasks.api]
         command = "sleep 1000"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     from taskmux_mcp.errors import UnknownTask
 
     with pytest.raises(UnknownTask, match="known tasks: api"):
         anyio.run(lambda: sup.start([bad or "x y"]))
 
 
-def test_env_and_cwd_reach_the_task_and_do_not_leak_to_others(project: Project) -> None:
+def test_env_and_cwd_reach_the_task_and_do_not_leak_to_others(project: Workspace) -> None:
     (project.root / "sub").mkdir()
     project.write(
         """
@@ -411,16 +416,16 @@ def test_env_and_cwd_reach_the_task_and_do_not_leak_to_others(project: Project) 
         command = "echo second=${SECRET:-unset} marker=${TASKMUX_TASK}; sleep 1000"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     assert anyio.run(lambda: sup.start(["first"], timeout=10)).ok
     assert anyio.run(lambda: sup.start(["second"], timeout=10)).ok
-    first = wait_until(lambda: sup.read_logs("first", since="start").lines)
-    second = wait_until(lambda: sup.read_logs("second", since="start").lines)
+    first = wait_until(lambda: sup.logs_sync(["first"], since="start").lines)
+    second = wait_until(lambda: sup.logs_sync(["second"], since="start").lines)
     assert first[-1].text == f"first=s3cr3t in {project.root / 'sub'}"
     assert second[-1].text == "second=unset marker=second"
 
 
-def test_restart_does_not_rerun_a_completed_one_shot_dependency(project: Project) -> None:
+def test_restart_does_not_rerun_a_completed_one_shot_dependency(project: Workspace) -> None:
     project.write(
         """
         [tasks.setup]
@@ -431,7 +436,7 @@ def test_restart_does_not_rerun_a_completed_one_shot_dependency(project: Project
         depends_on = ["setup"]
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     assert anyio.run(lambda: sup.start(timeout=10)).ok
     restarted = anyio.run(lambda: sup.restart(["api"], timeout=10))
     assert restarted.ok, restarted

@@ -27,11 +27,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from support import Project, make_project
+from support import Workspace, make_project, slot_for
 
 from taskmux_mcp.events import Cause
 from taskmux_mcp.mcp_server import build_server
-from taskmux_mcp.project import ProjectHandle
 
 RUN = uuid.uuid4().hex[:8]
 SECRET = f"CANARY-{RUN}-SECRET"
@@ -185,7 +184,7 @@ class ErrorLog(logging.Handler):
 class Served:
     """The project, a live in-memory client session on its MCP server, and the crash log."""
 
-    project: Project
+    project: Workspace
     portal: anyio.from_thread.BlockingPortal
     client: Client
     errors: ErrorLog
@@ -201,7 +200,8 @@ class Served:
             assert text != f"Error executing tool {tool}", (
                 f"crash on {tool}({str(arguments)[:300]})"
             )
-            assert text.startswith(f"Error executing tool {tool}: ") and len(text) > 30, text
+            assert not text.startswith("Error executing tool") and len(text) > 15, text
+            assert "internal error" not in text.lower() and "Traceback" not in text, text
         else:
             assert result.structured_content is not None, text
         self.assert_clean(text + json.dumps(result.structured_content), tool, arguments)
@@ -244,7 +244,7 @@ class Served:
         assert set(listed.stdout.split()) <= WINDOWS, listed.stdout
 
 
-def plant_canaries(project: Project) -> list[Path]:
+def plant_canaries(project: Workspace) -> list[Path]:
     """Files holding SECRET in log-line form: beside the state folder, in /tmp, in the project."""
     line = f"2026-01-01T00:00:00.000000Z\t{SECRET}\n"
     other_logs = project.state_dir / OTHER / "logs"
@@ -277,17 +277,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         canaries: list[Path] = []
         try:
             project.write(CONFIG)
-            sup = project.supervisor(Cause.USER)
+            sup = project.open(Cause.USER)
             started = anyio.run(sup.start)
             assert started.ok, started
             canaries = plant_canaries(project)
-            handle = ProjectHandle(
-                project=project.root,
-                tmux_socket=project.server.socket,
-                cause=Cause.AGENT,
-                host_monitor=False,
-            )
-            server = build_server(handle)
+            server = build_server(slot_for(project))
             with anyio.from_thread.start_blocking_portal() as portal:
                 client = Client(server, mode="legacy")
                 with portal.wrap_async_context_manager(client) as connected:

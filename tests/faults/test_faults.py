@@ -36,7 +36,7 @@ import anyio
 import psutil
 import pytest
 from support import (
-    Project,
+    Workspace,
     end_processes,
     events_of,
     run_monitor,
@@ -45,13 +45,13 @@ from support import (
 )
 
 from taskmux_mcp.models import TaskState
-from taskmux_mcp.supervisor import Supervisor
+from taskmux_mcp.project import Project as Facade
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
-def procs(project: Project) -> Iterator[list[subprocess.Popen[bytes]]]:
+def procs(project: Workspace) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Processes (monitors, faces) started by a test, ended afterwards; no hosted monitor."""
     started: list[subprocess.Popen[bytes]] = []
     project.env["TASKMUX_HOSTED_MONITOR"] = "0"
@@ -59,7 +59,7 @@ def procs(project: Project) -> Iterator[list[subprocess.Popen[bytes]]]:
     end_processes(started)
 
 
-def cli_popen(project: Project, *args: str) -> subprocess.Popen[bytes]:
+def cli_popen(project: Workspace, *args: str) -> subprocess.Popen[bytes]:
     """Start the `taskmux` CLI in the background."""
     return subprocess.Popen(
         [str(BIN / "taskmux"), "--project", str(project.root), *args],
@@ -84,7 +84,7 @@ def processes_with(cmdline: list[str], **env: str) -> list[psutil.Process]:
     return found
 
 
-def task_cmdlines(project: Project) -> list[str]:
+def task_cmdlines(project: Workspace) -> list[str]:
     """Command lines of the project's task processes."""
     found = []
     for pid in project.task_pids():
@@ -95,7 +95,7 @@ def task_cmdlines(project: Project) -> list[str]:
     return found
 
 
-def assert_consistent(project: Project, name: str) -> None:
+def assert_consistent(project: Workspace, name: str) -> None:
     """`taskmux status` answers, and what it says matches the processes that exist."""
     done = project.cli("--json", "status", timeout=30)
     assert done.returncode == 0, done.stderr
@@ -117,11 +117,11 @@ restart_backoff = 1.0
 """
 
 
-def _kill_face_during_stop(project: Project, face: subprocess.Popen[bytes], sup: Supervisor) -> int:
+def _kill_face_during_stop(project: Workspace, face: subprocess.Popen[bytes], sup: Facade) -> int:
     """Wait until the face is in the restart's stop phase (SIGINT ignored), then SIGKILL it."""
     pid = status_of(sup, "api").pid
     assert pid is not None
-    wait_until(lambda: sup.store.get("api").stopping, timeout=30)
+    wait_until(lambda: sup.records.get("api").phase.value == "stopping", timeout=30)
     wait_until(lambda: "got-int" in sup.logs.path("api").read_text(errors="replace"), timeout=10)
     face.kill()
     face.wait(timeout=10)
@@ -129,7 +129,7 @@ def _kill_face_during_stop(project: Project, face: subprocess.Popen[bytes], sup:
 
 
 def _after_interrupted_restart(
-    project: Project, procs: list[subprocess.Popen[bytes]], sup: Supervisor, pid: int
+    project: Workspace, procs: list[subprocess.Popen[bytes]], sup: Facade, pid: int
 ) -> None:
     """The task still runs; with a monitor, its crash is restarted; a later kill leaves nothing."""
     assert status_of(sup, "api").state is TaskState.RUNNING
@@ -138,20 +138,20 @@ def _after_interrupted_restart(
     if not procs:
         run_monitor(project, procs, sup)
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: sup.store.get("api").runs == 2, timeout=8)
+    wait_until(lambda: sup.records.get("api").run == 2, timeout=8)
     wait_until(lambda: status_of(sup, "api").state is TaskState.RUNNING, timeout=15)
     assert_consistent(project, "api")
     assert project.cli("start", "api", timeout=90).returncode == 0
-    assert sup.store.get("api").runs == 2
+    assert sup.records.get("api").run == 2
     assert project.cli("kill", "api", timeout=90).returncode == 0  # its grace period is 60 s
     assert project.task_pids() == []
 
 
 def test_cli_sigkilled_in_the_stop_phase_of_a_restart(
-    project: Project, procs: list[subprocess.Popen[bytes]]
+    project: Workspace, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     project.write(STUBBORN)
-    sup = project.supervisor()
+    sup = project.open()
     assert anyio.run(lambda: sup.start(timeout=20)).ok
     face = cli_popen(project, "restart", "api")
     pid = _kill_face_during_stop(project, face, sup)
@@ -159,10 +159,10 @@ def test_cli_sigkilled_in_the_stop_phase_of_a_restart(
 
 
 def test_stdio_mcp_server_sigkilled_in_the_stop_phase_of_a_restart(
-    project: Project, procs: list[subprocess.Popen[bytes]]
+    project: Workspace, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     project.write(STUBBORN)
-    sup = project.supervisor()
+    sup = project.open()
     assert anyio.run(lambda: sup.start(timeout=20)).ok
     server = subprocess.Popen(
         [str(BIN / "taskmux-mcp"), "--project", str(project.root)],
@@ -203,7 +203,7 @@ def test_stdio_mcp_server_sigkilled_in_the_stop_phase_of_a_restart(
 
 
 def test_cli_sigkilled_between_the_stop_and_the_start_of_a_restart(
-    project: Project, procs: list[subprocess.Popen[bytes]]
+    project: Workspace, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     marker = project.root / "hook-ran"
     project.write(
@@ -215,7 +215,7 @@ def test_cli_sigkilled_between_the_stop_and_the_start_of_a_restart(
         before_start = "if [ -e {marker} ]; then touch {marker}.2; sleep 3; fi; touch {marker}"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     run_monitor(project, procs, sup)
     assert anyio.run(lambda: sup.start(timeout=20)).ok
     face = cli_popen(project, "restart", "api")
@@ -234,7 +234,7 @@ def test_cli_sigkilled_between_the_stop_and_the_start_of_a_restart(
 
 
 def test_task_ignoring_sigint_and_sigterm_is_sigkilled_and_nothing_is_left(
-    project: Project,
+    project: Workspace,
 ) -> None:
     project.write(
         """
@@ -243,7 +243,7 @@ def test_task_ignoring_sigint_and_sigterm_is_sigkilled_and_nothing_is_left(
         stop_grace_period = 0.5
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     assert anyio.run(lambda: sup.start(timeout=20)).ok
     wait_until(lambda: len(project.task_pids()) >= 3)
     done = project.cli("stop", "deaf", timeout=60)
@@ -264,7 +264,7 @@ ESCAPING = (
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
-def test_escaped_grandchildren_end_with_their_task(project: Project, how: str) -> None:
+def test_escaped_grandchildren_end_with_their_task(project: Workspace, how: str) -> None:
     project.write(
         f"""
         [tasks.escaper]
@@ -272,7 +272,7 @@ def test_escaped_grandchildren_end_with_their_task(project: Project, how: str) -
         stop_grace_period = 0.5
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     assert anyio.run(lambda: sup.start(timeout=20)).ok
     wanted = {f"sleep {n}" for n in (1000, 1001, 1002, 1003)}
     wait_until(lambda: all(any(w in c for c in task_cmdlines(project)) for w in wanted))
@@ -288,7 +288,7 @@ def test_escaped_grandchildren_end_with_their_task(project: Project, how: str) -
 
 
 def test_hanging_health_check_is_killed_at_its_timeout_and_the_monitor_goes_on(
-    project: Project, procs: list[subprocess.Popen[bytes]]
+    project: Workspace, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     project.write(
         """
@@ -304,7 +304,7 @@ def test_hanging_health_check_is_killed_at_its_timeout_and_the_monitor_goes_on(
         max_restarts = 0
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     run_monitor(project, procs, sup)
     anyio.run(lambda: sup.start(wait=False))
     seen: set[int] = set()
@@ -321,8 +321,8 @@ def test_hanging_health_check_is_killed_at_its_timeout_and_the_monitor_goes_on(
         assert time.monotonic() - began < 3.0, "status blocked by a hanging check"
         time.sleep(0.1)
     assert len(seen) >= 2, "checks stopped being run"
-    wait_until(lambda: sup.store.get("crash").runs >= 3, timeout=20)  # checks still hanging
-    checks = sup.store.get("api").checks
+    wait_until(lambda: sup.records.get("crash").run >= 3, timeout=20)  # checks still hanging
+    checks = sup.records.get("api").checks
     assert checks and not checks[-1].healthy
     began = time.monotonic()
     done = project.cli("status", timeout=30)
@@ -333,7 +333,7 @@ def test_hanging_health_check_is_killed_at_its_timeout_and_the_monitor_goes_on(
 
 
 @pytest.mark.parametrize("level", ["project", "task"])
-def test_hanging_hook_fails_the_start_at_its_time_limit(project: Project, level: str) -> None:
+def test_hanging_hook_fails_the_start_at_its_time_limit(project: Workspace, level: str) -> None:
     hooks = "[hooks]" if level == "project" else "[tasks.api.hooks]"
     project.write(
         f"""
@@ -344,7 +344,7 @@ def test_hanging_hook_fails_the_start_at_its_time_limit(project: Project, level:
         before_start = "sleep 1000"
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     project.env["TASKMUX_HOOK_TIMEOUT"] = "2"
     began = time.monotonic()
     done = project.cli("start", timeout=60)
@@ -361,7 +361,7 @@ def test_hanging_hook_fails_the_start_at_its_time_limit(project: Project, level:
 
 
 def test_hook_of_a_sigkilled_face_does_not_outlive_it(
-    project: Project, procs: list[subprocess.Popen[bytes]]
+    project: Workspace, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     project.write(
         """
@@ -372,7 +372,7 @@ def test_hook_of_a_sigkilled_face_does_not_outlive_it(
         before_start = "sleep 1000"
         """
     )
-    project.supervisor()
+    project.open()
     face = cli_popen(project, "start")
     procs.append(face)
     wait_until(lambda: processes_with(["sleep", "1000"], TASKMUX_PROJECT="hookorphan"), timeout=30)
@@ -391,7 +391,7 @@ def test_hook_of_a_sigkilled_face_does_not_outlive_it(
 
 
 def test_hundred_start_stop_cycles_leave_no_orphan_and_bounded_fds(
-    project: Project, procs: list[subprocess.Popen[bytes]]
+    project: Workspace, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     project.write(
         """
@@ -400,7 +400,7 @@ def test_hundred_start_stop_cycles_leave_no_orphan_and_bounded_fds(
         stop_grace_period = 1
         """
     )
-    sup = project.supervisor()
+    sup = project.open()
     monitor = run_monitor(project, procs, sup)
     fd_dir = Path(f"/proc/{monitor}/fd")
 
@@ -425,14 +425,14 @@ def test_hundred_start_stop_cycles_leave_no_orphan_and_bounded_fds(
     assert project.task_pids() == []
     after = fds()
     assert after <= before + 5, (before, after)
-    assert sup.store.get("small").runs == 105
+    assert sup.records.get("small").run == 105
     assert status_of(sup, "small").state is TaskState.STOPPED
     tmux = psutil.Process(int(project.server.cmd("display", "-p", "#{pid}").stdout))
     assert len(tmux.children(recursive=True)) <= 3, tmux.children(recursive=True)
 
 
 def test_logs_survive_tmux_kill_server_and_the_new_run_follows(
-    project: Project, procs: list[subprocess.Popen[bytes]]
+    project: Workspace, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     side = project.root / "printed"
     project.write(
@@ -442,7 +442,7 @@ def test_logs_survive_tmux_kill_server_and_the_new_run_follows(
         restart_backoff = 1.0
         """  # noqa: E501
     )
-    sup = project.supervisor()
+    sup = project.open()
     run_monitor(project, procs, sup)
     assert anyio.run(lambda: sup.start(timeout=20)).ok
     wait_until(lambda: side.exists() and len(side.read_text().split()) >= 200, timeout=20)

@@ -1,0 +1,379 @@
+"""What happens to one task under its lock: launch a run, stop it, kill it, settle it.
+
+Every function here expects the caller (the facade or the monitor) to hold the task's lock,
+so no two actions on one task ever overlap, in this process or any other. Each records its
+changes through the record's transitions, marks a stop on the tmux window as well (tmux keeps
+it in memory, so a full disk cannot lose it), and never lets a failed write stop a stop: what
+could not be saved comes back as a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+
+from . import processes, records
+from .backend import Launch, Pane
+from .config import TaskConfig
+from .errors import HookFailed, StateWriteError, TaskmuxError, TmuxError
+from .events import Cause, EventType
+from .hooks import run_hook
+from .models import TaskResult, TaskState
+from .policy import Decision
+from .records import ExitRecord, StopKind, TaskRecord
+
+if TYPE_CHECKING:
+    from .locks import FileLock
+    from .project import Project
+
+log = logging.getLogger("taskmux")
+
+DEAD_WAIT_S = 2.0
+DRAIN_WAIT_S = 3.0
+FailureDecision = Callable[[TaskRecord], Decision]
+
+
+def task_digest(task: TaskConfig) -> str:
+    """A short fingerprint of a task's definition (a changed definition restarts it)."""
+    return hashlib.sha256(task.model_dump_json().encode()).hexdigest()[:16]
+
+
+@dataclass
+class Notes:
+    """Warnings gathered while acting: what could not be saved, and why."""
+
+    items: list[str] = field(default_factory=list)
+
+    def add(self, problem: str | None) -> None:
+        """Keep one warning (once)."""
+        if problem and problem not in self.items:
+            self.items.append(problem)
+
+
+async def change(
+    project: Project, name: str, how: Callable[[TaskRecord], TaskRecord], notes: Notes
+) -> TaskRecord | None:
+    """Apply a transition; a refused write becomes a warning and None, never an error."""
+    try:
+        return await project.records.change(name, how)
+    except StateWriteError as exc:
+        notes.add(str(exc))
+        return None
+
+
+def event(project: Project, notes: Notes, kind: EventType, cause: Cause, task: str | None,
+          **details: object) -> None:  # fmt: skip
+    """Record an event; a refused write becomes a warning."""
+    notes.add(project.events.try_record(kind, cause, task, **details)[1])
+
+
+async def task_hook(
+    project: Project, notes: Notes, hook: str, task: TaskConfig, cause: Cause
+) -> HookFailed | None:
+    """Run one of a task's hooks; a failure is recorded as an event and returned."""
+    try:
+        await run_hook(
+            hook,
+            task.hooks.get(hook),
+            task=task.name,
+            cwd=task.working_dir(project.config.root),
+            env=project.task_env(task.name) if task.name in project.config.tasks else {},
+        )
+    except HookFailed as exc:
+        event(project, notes, EventType.HOOK_FAILED, cause, task.name, hook=hook, error=str(exc))
+        return exc
+    return None
+
+
+async def launch(
+    project: Project,
+    name: str,
+    cause: Cause,
+    *,
+    lock: FileLock,
+    automatic: bool = False,
+    on_failure: FailureDecision | None = None,
+    notes: Notes | None = None,
+) -> Pane:
+    """Start a new run of a task that is not running (the caller holds its lock).
+
+    Hooks, leftovers of older runs and the spawn happen between the `launch` and `launched`
+    transitions; a failure is recorded (`on_failure` gives the policy's decision for
+    automatic restarts) and raised as TaskmuxError.
+    """
+    if not lock.held():
+        raise TaskmuxError(f"lost the lock of task '{name}' before starting it")
+    notes = notes or Notes()
+    task = project.config.task(name)
+    cwd = task.working_dir(project.config.root)
+    digest = task_digest(task)
+    now = project.clock.now()
+    record = await project.records.change(
+        name,
+        lambda r: records.launch(r, cause=cause, now=now, automatic=automatic, digest=digest),
+    )
+    run = record.run
+    try:
+        if not cwd.is_dir():
+            raise TaskmuxError(f"cwd {cwd} of task '{name}' does not exist")
+        await run_hook(
+            "before_start", task.hooks.before_start, task=name, cwd=cwd, env=project.task_env(name)
+        )
+        with anyio.CancelScope(shield=True):
+            pane = await _spawn(project, name, task, run, cause)
+    except TaskmuxError as exc:
+        decision = on_failure(record) if on_failure is not None else None
+        error = str(exc)
+        await change(
+            project,
+            name,
+            lambda r: records.launch_failed(
+                r, cause=cause, run=run, error=error, decision=decision, now=project.clock.now()
+            ),
+            notes,
+        )
+        if isinstance(exc, HookFailed):
+            event(project, notes, EventType.HOOK_FAILED, cause, name, error=str(exc))
+        raise
+    await change(
+        project,
+        name,
+        lambda r: records.launched(r, cause=cause, run=run, pid=pane.pid, pane_id=pane.pane_id),
+        notes,
+    )
+    event(
+        project,
+        notes,
+        EventType.RESTARTED if automatic else EventType.STARTED,
+        cause,
+        name,
+        pid=pane.pid,
+        run=run,
+        session=pane.session,
+    )
+    await task_hook(project, notes, "after_start", task, cause)
+    return pane
+
+
+async def _spawn(project: Project, name: str, task: TaskConfig, run: int, cause: Cause) -> Pane:
+    snapshot = await project.backend.snapshot()
+    current = snapshot.panes.get(name)
+    if current is not None and not current.dead:
+        raise TaskmuxError(f"task '{name}' is already running (pid {current.pid})")
+    await processes.kill_tree(None, project.task_id(name))  # an older run's orphans
+    if task.port is not None:
+        freed = await processes.free_port(task.port)
+        for proc in freed:
+            project.events.record(
+                EventType.PORT_FREED, cause, name, port=task.port, pid=proc.pid, process=proc.name
+            )
+    spec = Launch(
+        task=name,
+        run=run,
+        command=task.command,
+        cwd=task.working_dir(project.config.root),
+        env=project.task_env(name, marked=True),
+        pipe=project.logs.pipe_command(name, run),
+    )
+    pane = await project.spawn(spec)
+    await project.ensure_hosted_monitor()
+    return pane
+
+
+async def wait_dead(project: Project, name: str, timeout: float = DEAD_WAIT_S) -> Pane | None:
+    """The task's pane once tmux has noticed its process ended (or as it is at the timeout)."""
+    deadline = anyio.current_time() + timeout
+    while True:
+        pane = (await project.backend.snapshot()).panes.get(name)
+        if pane is None or pane.dead or anyio.current_time() >= deadline:
+            return pane
+        await anyio.sleep(0.02)
+
+
+async def drain(project: Project, name: str, pane: Pane | None) -> bool:
+    """After a run ended: wait until its log writer has saved every byte (a flush barrier).
+
+    tmux hands a dead pane's pipe all its output before it reports the pane dead; the writer,
+    asked to finish, writes what is left in the pipe and lets go of its log's lock.
+    """
+    if pane is None or not pane.dead or not pane.piped:
+        return False
+    run = pane.run if pane.run is not None else project.records.get(name).run
+    return await project.logs.drain_writer(name, run, timeout=DRAIN_WAIT_S)
+
+
+async def stop(
+    project: Project,
+    name: str,
+    cause: Cause,
+    *,
+    kind: StopKind,
+    lock: FileLock | None,
+    hooks: bool = True,
+    restart_at: float | None = None,
+    failed: str | None = None,
+    task: TaskConfig | None = None,
+) -> TaskResult:
+    """Stop a task (SIGINT, grace, SIGTERM, SIGKILL) until none of its processes is left.
+
+    task: its definition when it is no longer in the config in force (removed by an edit).
+    """
+    notes = Notes()
+    if lock is None:
+        notes.add(f"task '{name}' could not be locked (state folder not writable); stopped anyway")
+    task = task or project.config.task(name)
+    pane = (await project.backend.snapshot()).panes.get(name)
+    alive = pane is not None and not pane.dead
+    if alive and hooks and kind is not StopKind.POLICY:
+        failed_hook = await task_hook(project, notes, "before_stop", task, cause)
+        if failed_hook is not None:
+            exc = failed_hook
+            return TaskResult(
+                name=name,
+                ok=False,
+                action="not_stopped",
+                state=TaskState.RUNNING,
+                error=str(exc),
+                warnings=notes.items,
+            )
+    with anyio.CancelScope(shield=True):
+        if pane is not None:
+            try:
+                await project.backend.mark_stop(pane.pane_id, kind.value)
+            except TmuxError as exc:
+                log.debug("marking the stop of %s: %s", name, exc)
+        await change(project, name, lambda r: records.stop(r, cause=cause, kind=kind), notes)
+        pane_pid = pane.pid if alive and pane is not None else None
+
+        async def interrupt() -> None:
+            if alive and pane is not None:
+                await project.backend.interrupt(pane.pane_id)
+
+        outcome = await processes.stop_tree(
+            pane_pid, project.task_id(name), interrupt=interrupt, grace=task.stop_grace_period
+        )
+        after = await wait_dead(project, name) if alive else pane
+        exit_record = None
+        if alive and after is not None and after.dead:
+            exit_record = ExitRecord(
+                code=after.exit_status,
+                signal=after.exit_signal,
+                at=project.clock.now(),
+                expected=True,
+            )
+        await drain(project, name, after)
+        # Settled even when processes are left (unkillable ones are reported below): a record
+        # left "stopping" would look like an interrupted stop to every monitor.
+        await change(
+            project,
+            name,
+            lambda r: records.stopped(
+                r, cause=cause, exit=exit_record, restart_at=restart_at, failed=failed
+            ),
+            notes,
+        )
+    if alive or outcome.signal_used != "none":
+        event(
+            project,
+            notes,
+            EventType.STOPPED,
+            cause,
+            name,
+            signal=outcome.signal_used,
+            duration_s=round(outcome.duration_s, 3),
+            remaining=list(outcome.remaining),
+            stop=kind.value,
+        )
+    if alive and hooks and kind is StopKind.MANUAL:
+        await task_hook(project, notes, "after_stop", task, cause)
+    return TaskResult(
+        name=name,
+        ok=outcome.stopped,
+        action="stopped" if alive else "already_stopped",
+        state=TaskState.STOPPED if outcome.stopped else TaskState.RUNNING,
+        exit_code=exit_record.code if exit_record else None,
+        exit_signal=processes.describe_signal(exit_record.signal) if exit_record else None,
+        error=None if outcome.stopped else f"processes left: {list(outcome.remaining)}",
+        duration_s=round(outcome.duration_s, 3),
+        warnings=notes.items,
+    )
+
+
+async def kill(project: Project, name: str, cause: Cause, *, lock: FileLock | None) -> TaskResult:
+    """SIGKILL every process of a task at once and remove its window."""
+    notes = Notes()
+    if lock is None:
+        notes.add(f"task '{name}' could not be locked (state folder not writable); killed anyway")
+    pane = (await project.backend.snapshot()).panes.get(name)
+    alive = pane is not None and not pane.dead
+    with anyio.CancelScope(shield=True):
+        if pane is not None:
+            try:
+                await project.backend.mark_stop(pane.pane_id, StopKind.MANUAL.value)
+            except TmuxError as exc:
+                log.debug("marking the kill of %s: %s", name, exc)
+        await change(project, name, lambda r: records.killed(r, cause=cause), notes)
+        outcome = await processes.kill_tree(
+            pane.pid if alive and pane is not None else None, project.task_id(name)
+        )
+        if pane is not None:
+            await drain(project, name, await wait_dead(project, name) if alive else pane)
+            try:
+                await project.backend.kill_window(pane.window_id)
+            except TmuxError as exc:
+                log.debug("kill-window %s: %s", pane.window_id, exc)
+    event(project, notes, EventType.KILLED, cause, name, signal="SIGKILL")
+    return TaskResult(
+        name=name,
+        ok=outcome.stopped,
+        action="killed",
+        state=TaskState.STOPPED,
+        error=None if outcome.stopped else f"processes left: {list(outcome.remaining)}",
+        duration_s=round(outcome.duration_s, 3),
+        warnings=notes.items,
+    )
+
+
+async def adopt(
+    project: Project,
+    name: str,
+    pane: Pane,
+    cause: Cause,
+    notes: Notes,
+    *,
+    detail: str = "the record follows the live pane",
+) -> None:
+    """Make the record follow a live pane it lost track of (an unsaved record, a stop that was
+    interrupted before it took effect)."""
+    record = project.records.get(name)
+    if record.phase is records.Phase.UP and record.run == pane.run:
+        return
+    run = pane.run or record.run
+
+    def follow(r: TaskRecord) -> TaskRecord:
+        return r.changed(
+            phase=records.Phase.UP,
+            run=run,
+            handled_run=min(r.handled_run, max(run - 1, 0)),
+            pid=pane.pid,
+            pane_id=pane.pane_id,
+            stop_kind=None,
+            stopped_by=None,
+            restart_at=None,
+            failed=None,
+        )
+
+    await change(project, name, follow, notes)
+    if pane.stop_mark is not None:
+        with contextlib.suppress(TmuxError):
+            await project.backend.mark_stop(pane.pane_id, "")
+    event(project, notes, EventType.RECORD_REPAIRED, cause, name, detail=detail)
+
+
+Progress = Callable[[str], Awaitable[None]]

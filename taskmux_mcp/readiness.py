@@ -1,0 +1,166 @@
+"""Whether a task is up: its checks, folded into its record, and waiting until it is ready."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+from . import records
+from .backend import Pane
+from .events import Cause, EventType
+from .health import ProbeOutcome, probe_checks
+from .lifecycle import drain
+from .models import Health, TaskResult, TaskState
+from .records import CheckRecord, Observed, TaskRecord, observe
+
+if TYPE_CHECKING:
+    from .project import Project
+
+SETTLE_S = 1.0
+READY_POLL_S = 0.2
+LOG_TAIL_LINES = 15
+
+
+def is_one_shot(project: Project, name: str) -> bool:
+    """A task run to completion: restart policy "no" and nothing to probe."""
+    from .config import RestartPolicy
+
+    task = project.config.task(name)
+    return task.restart_policy is RestartPolicy.NO and not task.has_check()
+
+
+async def probe(project: Project, name: str) -> ProbeOutcome | None:
+    """Run the task's checks once, without recording anything."""
+    task = project.config.task(name)
+    return await probe_checks(
+        health_check=task.health_check,
+        health_url=task.health_url,
+        port=task.port,
+        cwd=task.working_dir(project.config.root),
+        env=project.task_env(name),
+        timeout=task.health_timeout,
+    )
+
+
+async def check(
+    project: Project, name: str, record: TaskRecord, *, cause: Cause | None
+) -> ProbeOutcome | None:
+    """Probe a running task and fold the result into its record (retries, start period)."""
+    task = project.config.task(name)
+    outcome = await probe(project, name)
+    if outcome is None:
+        return None
+    entry = CheckRecord(
+        healthy=outcome.healthy,
+        method=str(outcome.method),
+        detail=outcome.detail,
+        duration_ms=outcome.duration_ms,
+        at=project.clock.now(),
+    )
+    updated = await project.records.change(
+        name,
+        lambda r: records.checked(
+            r,
+            run=record.run,
+            check=entry,
+            start_period=task.health_start_period,
+            retries=task.health_retries,
+        ),
+    )
+    if cause is not None and updated.health != record.health:
+        project.events.record(
+            EventType.HEALTH_CHANGED,
+            cause,
+            name,
+            health=updated.health.value,
+            previous=record.health.value,
+            detail=outcome.detail,
+        )
+    return outcome
+
+
+def _exit_text(seen: Observed) -> str:
+    if seen.exit_signal:
+        return f"killed by {seen.exit_signal}"
+    return f"exited with status {seen.exit_code}"
+
+
+async def await_ready(
+    project: Project, name: str, action: str, deadline: float, began: float
+) -> TaskResult:
+    """Poll until the task is healthy or settled, has exited, or the deadline passes."""
+    task = project.config.task(name)
+    last_check: ProbeOutcome | None = None
+    while True:
+        snap = await project.backend.snapshot()
+        pane = snap.panes.get(name)
+        record = project.records.get(name)
+        elapsed = round(time.monotonic() - began, 2)
+        if pane is None or pane.dead:
+            await drain(project, name, pane)
+            record = project.records.get(name)
+            seen = observe(task, record, pane)
+            ok = seen.exit_code == 0 and seen.exit_signal is None and pane is not None
+            if record.manually_stopped:
+                error = f"stopped by {record.stopped_by or 'someone'} before it was ready"
+                return TaskResult(
+                    name=name, ok=False, action="stopped", state=TaskState.STOPPED,
+                    error=error, duration_s=elapsed,
+                )  # fmt: skip
+            return TaskResult(
+                name=name,
+                ok=ok,
+                action="exited" if ok else "crashed",
+                state=seen.state,
+                health=seen.health,
+                exit_code=seen.exit_code,
+                exit_signal=seen.exit_signal,
+                error=None if ok else _exit_text(seen),
+                log_tail=[] if ok else project.logs.last_run_lines(name, LOG_TAIL_LINES),
+                duration_s=elapsed,
+            )
+        alive_for = project.clock.now() - (record.started_at or project.clock.now())
+        if task.has_check():
+            last_check = await check(project, name, record, cause=None)
+            record = project.records.get(name)
+            if record.health is Health.HEALTHY:
+                return _result(project, name, pane, action, True, elapsed)
+            if record.health is Health.UNHEALTHY:
+                why = "health check failing"
+                return _result(project, name, pane, "not_ready", False, elapsed, why, last_check)
+        elif not is_one_shot(project, name) and alive_for >= SETTLE_S:
+            return _result(project, name, pane, action, True, elapsed)
+        if time.monotonic() >= deadline:
+            what = "to become healthy" if task.has_check() else "to finish"
+            if not task.has_check() and not is_one_shot(project, name):
+                what = "to settle"
+            why = f"timed out waiting {what}"
+            return _result(project, name, pane, "not_ready", False, elapsed, why, last_check)
+        await anyio.sleep(min(READY_POLL_S, max(0.0, deadline - time.monotonic())))
+
+
+def _result(
+    project: Project,
+    name: str,
+    pane: Pane,
+    action: str,
+    ok: bool,
+    elapsed: float,
+    error: str | None = None,
+    check: ProbeOutcome | None = None,
+) -> TaskResult:
+    seen = observe(project.config.task(name), project.records.get(name), pane)
+    return TaskResult(
+        name=name,
+        ok=ok,
+        action=action,
+        state=seen.state,
+        health=seen.health,
+        pid=seen.pid,
+        error=error,
+        check_output=check.detail if check else None,
+        log_tail=[] if ok else project.logs.last_run_lines(name, LOG_TAIL_LINES),
+        duration_s=elapsed,
+    )
