@@ -243,12 +243,13 @@ async def stop(
                 warnings=notes.items,
             )
     with anyio.CancelScope(shield=True):
+        # The record first: when its lock is busy (TaskBusy) nothing has changed yet.
+        await change(project, name, lambda r: records.stop(r, cause=cause, kind=kind), notes)
         if pane is not None:
             try:
                 await project.backend.mark_stop(pane.pane_id, kind.value)
             except TmuxError as exc:
                 log.debug("marking the stop of %s: %s", name, exc)
-        await change(project, name, lambda r: records.stop(r, cause=cause, kind=kind), notes)
         pane_pid = pane.pid if alive and pane is not None else None
 
         async def interrupt() -> None:

@@ -24,6 +24,7 @@ import psutil
 from .errors import TaskBusy
 
 POLL_S = 0.02
+PROC_LOCKS = "/proc/locks"
 _HOLDER_MAX = 4096
 
 
@@ -64,6 +65,34 @@ def is_locked(path: Path) -> bool | None:
     finally:
         os.close(fd)
     return False
+
+
+def flock_holders(dev: int, ino: int) -> list[int] | None:
+    """Pids the kernel lists as holding an flock on the file; None when it cannot be asked."""
+    try:
+        table = Path(PROC_LOCKS).read_text()
+    except OSError:
+        return None
+    wanted = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    pids = []
+    for line in table.splitlines():
+        fields = line.split()
+        if "->" in fields:
+            continue  # a waiter, not a holder
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+            with contextlib.suppress(ValueError):
+                pids.append(int(fields[4]))
+    return pids
+
+
+def _process_holder(pid: int) -> Holder:
+    """A holder that did not write its identity (e.g. `flock(1)`): named from the process."""
+    try:
+        proc = psutil.Process(pid)
+        return Holder(pid=pid, what=" ".join(proc.cmdline())[:200] or proc.name(),
+                      since=proc.create_time())  # fmt: skip
+    except psutil.Error:
+        return Holder(pid=pid, what="unknown process", since=time.time())
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -133,13 +162,24 @@ class FileLock:
             self._fd = None
 
     def holder(self) -> Holder | None:
-        """Who holds the lock now, if anyone said so."""
+        """Who holds the lock now: the kernel's word on the pid, the file's on what it does."""
+        written: Holder | None = None
         try:
             with open(self.path, "rb") as handle:
                 data = json.loads(handle.read(_HOLDER_MAX) or b"null")
-            return Holder(pid=int(data["pid"]), what=str(data["what"]), since=float(data["since"]))
+                st = os.fstat(handle.fileno())
+            written = Holder(int(data["pid"]), str(data["what"]), float(data["since"]))
         except (OSError, ValueError, TypeError, KeyError, RecursionError):
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                return None
+        pids = flock_holders(st.st_dev, st.st_ino)
+        if pids is None or (written is not None and written.pid in pids):
+            return written  # no /proc/locks to ask, or the file tells the truth
+        if not pids:
             return None
+        return _process_holder(pids[0])
 
     def describe_holder(self) -> str:
         """The holder as a phrase for an error message."""

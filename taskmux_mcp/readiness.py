@@ -81,6 +81,16 @@ async def check(
     return outcome
 
 
+def _being_restarted(record: TaskRecord, pane: Pane | None) -> bool:
+    """Whether the run ended because a restart (by anyone) is replacing it."""
+    if record.phase is records.Phase.LAUNCHING:
+        return True
+    restart = records.StopKind.RESTART
+    if record.phase is records.Phase.STOPPING and record.stop_kind is restart:
+        return True
+    return pane is not None and pane.stop_mark == restart.value and record.run > (pane.run or 0)
+
+
 def _exit_text(seen: Observed) -> str:
     if seen.exit_signal:
         return f"killed by {seen.exit_signal}"
@@ -98,6 +108,10 @@ async def await_ready(
         pane = snap.panes.get(name)
         record = project.records.get(name)
         elapsed = round(time.monotonic() - began, 2)
+        waiting = (pane is None or pane.dead) and _being_restarted(record, pane)
+        if waiting and time.monotonic() < deadline:
+            await anyio.sleep(READY_POLL_S)  # another caller restarts it: wait for that run
+            continue
         if pane is None or pane.dead:
             await drain(project, name, pane)
             record = project.records.get(name)

@@ -38,93 +38,6 @@ def state_of(sup: Facade, name: str) -> TaskState:
     return status_of(sup, name).state
 
 
-def test_on_failure_backs_off_then_gives_up(
-    project: Workspace, monitors: list[subprocess.Popen[bytes]]
-) -> None:
-    project.write(
-        """
-        [tasks.crash]
-        command = "echo boom; exit 1"
-        max_restarts = 3
-        restart_backoff = 1.3
-        """
-    )
-    sup = project.open()
-    run_monitor(project, monitors, sup)
-    anyio.run(lambda: sup.start(wait=False))
-    wait_until(lambda: state_of(sup, "crash") is TaskState.FAILED, timeout=30, interval=0.2)
-    delays = [e["delay_s"] for e in events_of(sup, "restart_scheduled", "crash")]
-    assert delays == [1.0, 1.3, pytest.approx(1.69)]
-    gave_up = events_of(sup, "gave_up", "crash")
-    assert len(gave_up) == 1 and "max_restarts = 3" in str(gave_up[0]["reason"])
-    assert gave_up[0]["_cause"] == "policy"
-    assert sup.records.get("crash").run == 4
-    status = next(t for t in anyio.run(sup.status).tasks if t.name == "crash")
-    assert status.error and "gave up" in status.error
-
-
-def test_clean_exit_policies(project: Workspace, monitors: list[subprocess.Popen[bytes]]) -> None:
-    project.write(
-        """
-        [tasks.once]
-        command = "echo done"
-        [tasks.again]
-        command = "echo done"
-        restart_policy = "always"
-        restart_backoff = 1.0
-        max_restarts = 2
-        [tasks.never]
-        command = "exit 3"
-        restart_policy = "no"
-        [tasks.long]
-        command = "sh -c 'sleep 1000'"
-        """
-    )
-    sup = project.open()
-    run_monitor(project, monitors, sup)
-    anyio.run(lambda: sup.start(wait=False))
-    wait_until(lambda: sup.records.get("again").run >= 3, timeout=20)
-    wait_until(lambda: len(events_of(sup, "exited", "never")) == 1, timeout=10)
-    assert sup.records.get("once").run == 1
-    assert state_of(sup, "once") is TaskState.EXITED
-    assert sup.records.get("never").run == 1
-    assert state_of(sup, "never") is TaskState.EXITED
-    assert sup.records.get("long").run == 1
-    assert state_of(sup, "long") is TaskState.RUNNING
-    assert events_of(sup, "exited", "long") == []
-
-
-def test_health_failures_restart_only_after_the_start_period(
-    project: Workspace, monitors: list[subprocess.Popen[bytes]]
-) -> None:
-    project.write(
-        """
-        [tasks.api]
-        command = "sleep 1000"
-        health_check = "exit 1"
-        health_interval = 0.3
-        health_retries = 2
-        health_start_period = 3
-        restart_backoff = 1.0
-        """
-    )
-    sup = project.open()
-    run_monitor(project, monitors, sup)
-    anyio.run(lambda: sup.start(wait=False))
-    started = sup.records.get("api").started_at
-    assert started is not None
-    wait_until(lambda: len(sup.records.get("api").checks) >= 3, timeout=10)
-    record = sup.records.get("api")
-    assert record.run == 1 and record.health_failures == 0
-    assert [c for c in record.checks if not c.healthy and c.at - started < 3]
-    wait_until(lambda: sup.records.get("api").run >= 2, timeout=20)
-    restart = events_of(sup, "restart_scheduled", "api")[0]
-    assert "health" in str(restart["reason"])
-    assert float(str(restart["_time"])) - started >= 3.0
-    changed = events_of(sup, "health_changed", "api")
-    assert changed and changed[0]["health"] == "unhealthy" and changed[0]["_cause"] == "health"
-
-
 def test_stop_from_another_process_is_respected(
     project: Workspace, monitors: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -140,7 +53,7 @@ def test_stop_from_another_process_is_respected(
         restart_backoff = 1.0
         [tasks.canary]
         command = "sleep 0.3; exit 1"
-        restart_backoff = 1.0
+        restart_backoff = 0.3
         max_restarts = 0
         """
     )
@@ -171,7 +84,7 @@ def test_one_monitor_acts_and_another_takes_over_after_sigkill(
         max_restarts = 0
         [tasks.canary]
         command = "sleep 0.3; exit 1"
-        restart_backoff = 1.0
+        restart_backoff = 0.3
         max_restarts = 0
         auto_start = false
         """
@@ -280,32 +193,3 @@ def test_save_by_rename_restarts_only_changed_tasks(
     assert before["drop"] not in project.task_pids()
     reloaded = events_of(sup, "config_reloaded")
     assert reloaded[0]["changed"] == ["change"] and reloaded[0]["removed"] == ["drop"]
-
-
-def test_deleted_cwd_backs_off_without_runaway_spawning(
-    project: Workspace, monitors: list[subprocess.Popen[bytes]]
-) -> None:
-    (project.root / "app").mkdir()
-    project.write(
-        """
-        [tasks.app]
-        command = "sleep 1000"
-        cwd = "app"
-        restart_backoff = 2.0
-        max_restarts = 3
-        """
-    )
-    sup = project.open()
-    run_monitor(project, monitors, sup)
-    assert anyio.run(lambda: sup.start(timeout=10)).ok
-    (project.root / "app").rmdir()
-    pid = next(t.pid for t in anyio.run(sup.status).tasks)
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: state_of(sup, "app") is TaskState.FAILED, timeout=30, interval=0.2)
-    scheduled = events_of(sup, "restart_scheduled", "app")
-    assert [e["delay_s"] for e in scheduled] == [1.0, 2.0, 4.0]
-    assert all("does not exist" in str(e["reason"]) for e in scheduled[1:])
-    pane = sup.backend.snapshot_sync().panes["app"]
-    assert pane.run == 1, "a spawn was attempted without its cwd"
-    assert sup.records.get("app").run == 4  # the first run and three refused launches
