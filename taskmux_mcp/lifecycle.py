@@ -269,16 +269,17 @@ async def stop(
                 expected=True,
             )
         await drain(project, name, after)
+
         # Settled even when processes are left (unkillable ones are reported below): a record
         # left "stopping" would look like an interrupted stop to every monitor.
-        await change(
-            project,
-            name,
-            lambda r: records.stopped(
-                r, cause=cause, exit=exit_record, restart_at=restart_at, failed=failed
-            ),
-            notes,
-        )
+        def finish(record: TaskRecord) -> TaskRecord:
+            if record.phase is not records.Phase.STOPPING:  # its first write did not land
+                record = records.stop(record, cause=cause, kind=kind)
+            return records.stopped(
+                record, cause=cause, exit=exit_record, restart_at=restart_at, failed=failed
+            )
+
+        await change(project, name, finish, notes)
     if alive or outcome.signal_used != "none":
         event(
             project,

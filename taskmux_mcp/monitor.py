@@ -385,6 +385,9 @@ class Monitor:
     ) -> None:
         project = self.project
         self._handled[name] = record.run  # never twice, even when the record cannot be saved
+        if pane is not None and pane.stop_mark == StopKind.MANUAL.value:
+            await self._finish_unsaved_stop(name, pane)
+            return
         if pane is None:
             observation = Observation(Seen.VANISHED)
         else:
@@ -424,6 +427,22 @@ class Monitor:
             await self._restart(name, task, lock)
         elif decision.action is Action.RESTART:
             self._expect(now + decision.delay_s)
+
+    async def _finish_unsaved_stop(self, name: str, pane: Pane) -> None:
+        """A manual stop whose record could not be saved (full or read-only state folder): its
+        pane carries the mark, so it is recorded as the stop it was, never as an exit."""
+        exit = ExitRecord(code=pane.exit_status, signal=pane.exit_signal,
+                          at=self.project.clock.now(), expected=True)  # fmt: skip
+
+        def finish(record: TaskRecord) -> TaskRecord:
+            # Who stopped it was not saved; a manual stop is always a person's.
+            stopping = records.stop(record, cause=Cause.USER, kind=StopKind.MANUAL)
+            return records.stopped(stopping, cause=Cause.USER, exit=exit)
+
+        try:
+            await self.project.records.change(name, finish)
+        except StateWriteError as exc:
+            log.warning("%s", exc)
 
     def _announce(self, name: str, decision: Decision) -> None:
         if decision.action is Action.RESTART:

@@ -444,7 +444,13 @@ class RecordStore:
         """Apply change to the record under its short lock and save it; StateWriteError if the
         state folder refuses (the stop mark is written first, so a manual stop survives)."""
         lock = FileLock(self.locks / f"record-{task}.lock", f"saving the record of {task}")
-        await lock.acquire(RECORD_LOCK_S, task=task)
+        try:
+            await lock.acquire(RECORD_LOCK_S, task=task)
+        except OSError as exc:
+            raise StateWriteError(
+                f"the record of task '{task}' cannot be locked in {self.locks}: "
+                f"{exc.strerror or exc}"
+            ) from exc
         try:
             new = change(self.get(task))
             self.save(task, new)
@@ -526,4 +532,6 @@ def observe(task: TaskConfig, record: TaskRecord, pane: Pane | None) -> Observed
         Phase.EXITED: TaskState.EXITED,
         Phase.UP: TaskState.EXITED if pane is not None else TaskState.STOPPED,
     }
+    if record.phase is Phase.UP and pane is not None and pane.stop_mark == StopKind.MANUAL.value:
+        return Observed(TaskState.STOPPED, Health.UNKNOWN, None, code, sig)  # unsaved stop
     return Observed(states.get(record.phase, TaskState.STOPPED), Health.UNKNOWN, None, code, sig)
