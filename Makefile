@@ -21,10 +21,10 @@ demo: $(BIN)/taskmux
 	@echo "Register with an agent (Claude Code):"
 	@echo "  claude mcp add taskmux -- $(abspath $(BIN))/taskmux-mcp --project $(abspath $(EXAMPLE))"
 	@echo "Other clients:     $(BIN)/taskmux --project $(EXAMPLE) mcp-config codex|cursor|vscode|..."
-	@echo "Stop it:           $(BIN)/taskmux --project $(EXAMPLE) stop"
+	@echo "Stop it:           $(BIN)/taskmux --project $(EXAMPLE) down   (stop, remove the session, release ports)"
 
 demo-stop: $(BIN)/taskmux
-	$(BIN)/taskmux --project $(EXAMPLE) stop
+	$(BIN)/taskmux --project $(EXAMPLE) down
 
 lint: $(BIN)/taskmux
 	$(BIN)/ruff check taskmux_mcp tests bench

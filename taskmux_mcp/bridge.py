@@ -48,7 +48,7 @@ from .errors import (
     TmuxError,
     UnknownTask,
 )
-from .events import Cause, EventLog
+from .events import Cause
 from .models import EventRecord
 from .monitor import Monitor
 from .operations import OPERATIONS, Call, perform
@@ -526,12 +526,12 @@ class Bridge:
         for client in wanted:
             client.push(message)
 
-    async def pump(self, events: EventLog) -> None:
-        """Forward the project's events (from every process) to subscribers."""
-        async with events.subscribe() as feed:
+    async def pump(self, project: Project) -> None:
+        """Forward the project's events (from every process) to subscribers, secrets hidden."""
+        async with project.events.subscribe() as feed:
             async for event in feed:
                 try:
-                    self.publish(event)
+                    self.publish(project.redactor().model(event))
                 except Exception:
                     log.exception("could not forward an event")
 
@@ -655,7 +655,7 @@ async def run_bridge(
             bridge.group = group
             write_atomic(paths.bridge, info.model_dump_json(indent=2).encode(), 0o600)
             group.start_soon(_keep_monitor, project)
-            group.start_soon(bridge.pump, project.events)
+            group.start_soon(bridge.pump, project)
             if ready is not None:
                 ready(bound)
             try:

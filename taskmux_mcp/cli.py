@@ -30,10 +30,12 @@ from .models import (
     InspectResult,
     LogLine,
     LogsResult,
+    ProjectsResult,
     StatusResult,
 )
 from .operations import OPERATIONS, Call, Kind, Operation, Param, perform
 from .project import Project
+from .redaction import NO_SECRETS
 
 if TYPE_CHECKING:
     from .project import ProjectSlot
@@ -154,6 +156,24 @@ def format_status(result: StatusResult) -> str:
     return "\n".join(lines)
 
 
+def format_projects(result: ProjectsResult) -> str:
+    """Human view of status --all."""
+    if not result.projects:
+        return "no taskmux project has tasks on this tmux server"
+    rows = [["PROJECT", "CHECKOUT", "SESSION", "TASK", "STATE", "PORT", "URL"]]
+    for found in result.projects:
+        head = [found.project, found.checkout or "?", found.session]
+        for task in found.tasks or []:
+            rows.append(
+                [*head, task.name, task.state.value, str(task.port or "-"), task.url or "-"]
+            )
+            head = ["", "", ""]
+        if not found.tasks:
+            rows.append([*head, "-", "-", "-", "-"])
+    notes = [f"  {p.project} ({p.checkout}): {p.error}" for p in result.projects if p.error]
+    return "\n".join([format_table(rows), *notes])
+
+
 def format_action(result: ActionResult) -> str:
     """Human view of a start/stop/restart/kill."""
     lines = []
@@ -176,7 +196,7 @@ def format_action(result: ActionResult) -> str:
             lines.append(f"    check: {task.check_output.strip()}")
         for line in task.log_tail:
             lines.append(f"    | {line}")
-    if result.message and not result.tasks:
+    if result.message and (result.ok or not result.tasks):
         lines.append(result.message)
     return "\n".join(lines)
 
@@ -285,6 +305,7 @@ FORMATS: dict[str, Callable[[argparse.Namespace], Callable[[Any], str]]] = {
     "stop": lambda args: format_action,
     "restart": lambda args: format_action,
     "kill": lambda args: format_action,
+    "down": lambda args: format_action,
     "health": lambda args: format_health,
     "inspect": lambda args: format_inspect,
     "events": lambda args: format_events,
@@ -297,14 +318,22 @@ def cmd_operation(args: argparse.Namespace) -> int:
     """Any declared operation: bind the arguments, call the facade, print the result."""
     op: Operation = args.operation
     raw = _raw(op, args)
+    if op.name == "status" and getattr(args, "all", False):
+        from .overview import all_projects
+
+        every = all_projects(tmux_socket(args), os.environ, redact=not getattr(args, "raw", False))
+        _emit(args, every, format_projects)
+        return EXIT_OK
     project = open_project(args)
     _config_warning(project)
     if op.name == "logs" and (args.follow or args.grep):
         return _logs_extras(project, args, op.bind(raw))
+    shown = NO_SECRETS if getattr(args, "raw", False) else project.redactor()
     if op.name == "status":
-        result: BaseModel = project.status_sync(op.bind(raw)["tasks"])  # no event loop: quick
+        status = project.status_sync(op.bind(raw)["tasks"])  # no event loop: quick
+        result: BaseModel = shown.model(status)
     else:
-        call = Call(cause=Cause.USER, progress=_progress(args))
+        call = Call(cause=Cause.USER, progress=_progress(args), raw=getattr(args, "raw", False))
 
         async def go() -> BaseModel:
             return await perform(project, op.name, raw, call)
@@ -320,13 +349,15 @@ def cmd_operation(args: argparse.Namespace) -> int:
 
 def _logs_extras(project: Project, args: argparse.Namespace, bound: dict[str, Any]) -> int:
     names = project.config.require(bound["tasks"]) if bound["tasks"] else list(project.config.tasks)
+    shown = NO_SECRETS if getattr(args, "raw", False) else project.redactor()
     if args.grep:
         found = project.grep_sync(args.grep, names, context=args.context, since=bound["since"])
-        _emit(args, found, format_grep)
+        _emit(args, shown.model(found), format_grep)
         return EXIT_OK if found.matches else EXIT_FAILED
     color = sys.stdout.isatty() and not args.json
     try:
-        for line in project.logs.follow(names, since=bound["since"], lines=bound["lines"]):
+        for seen in project.logs.follow(names, since=bound["since"], lines=bound["lines"]):
+            line = shown.model(seen)
             if args.json:
                 print(line.model_dump_json(), flush=True)
             else:
@@ -365,9 +396,20 @@ def cmd_add(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _port_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a port number or "auto"') from None
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
     """remove NAME."""
     path = _config_path(args)
+    with contextlib.suppress(TaskmuxError, OSError):  # an invalid file: nothing to release
+        open_project(args).ports.release([args.name])
     configuration.remove_task(path, args.name)
     if args.json:
         print(json.dumps({"removed": args.name, "config_path": str(path)}))
@@ -566,6 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--tmux-socket", metavar="NAME", default=argparse.SUPPRESS,
                         help="named tmux server (tmux -L NAME)")  # fmt: skip
+    common.add_argument("--raw", action="store_true", default=argparse.SUPPRESS,
+                        help="show secrets (values from env files, TOKEN/KEY/... variables) "
+                        "instead of [redacted:NAME]")  # fmt: skip
     parser = _Parser(
         prog="taskmux",
         description="Run and watch a project's dev tasks in tmux.",
@@ -586,6 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(op.name, cmd_operation, op.title.lower(), aliases.get(op.name, ()))
         p.set_defaults(operation=op)
         add_operation(p, op)
+        if op.name == "status":
+            p.add_argument("--all", action="store_true",
+                           help="every taskmux project on this tmux server")  # fmt: skip
         if op.name == "start":
             p.add_argument("-m", "--monitor", action="store_true",
                            help="then stay in the foreground as the monitor")  # fmt: skip
@@ -598,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.add_argument("command", metavar="COMMAND")
     p.add_argument("--cwd", metavar="D")
-    p.add_argument("--port", type=int, metavar="P")
+    p.add_argument("--port", type=_port_arg, metavar="P", help='a port, or "auto"')
     p.add_argument("--depends-on", action="append", default=[], metavar="T")
     p.add_argument("--health-check", metavar="C")
     p.add_argument("--health-url", metavar="U")

@@ -15,12 +15,13 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import tomlkit
 import tomlkit.items
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
+from taskmux_mcp.envfiles import DEFAULT_ENV_FILE, load_env_files
 from taskmux_mcp.errors import (
     ConfigError,
     ConfigProblem,
@@ -80,7 +81,8 @@ class TaskConfig(BaseModel):
     command: _Text
     cwd: _Text | None = None
     env: dict[str, str] = Field(default_factory=dict)
-    port: Annotated[int, Field(ge=1, le=65535, strict=True)] | None = None
+    env_file: tuple[str, ...] | None = None
+    port: Annotated[int, Field(ge=1, le=65535, strict=True)] | Literal["auto"] | None = None
     auto_start: StrictBool = True
     depends_on: tuple[str, ...] = ()
     health_check: _Text | None = None
@@ -132,6 +134,7 @@ class ProjectConfig(BaseModel):
     config_path: Path
     root: Path
     auto_start: StrictBool = True
+    env_file: tuple[str, ...] | None = None
     hooks: HooksConfig = HooksConfig()
     tasks: dict[str, TaskConfig] = Field(default_factory=dict)
     logs: LogsConfig = LogsConfig()
@@ -143,6 +146,18 @@ class ProjectConfig(BaseModel):
             return self.tasks[name]
         except KeyError:
             raise UnknownTask(name, self.tasks) from None
+
+    def env_files(self, name: str) -> list[Path]:
+        """The dotenv files of a task, lowest precedence first (see `env_file`)."""
+        task = self.task(name)
+        project = (
+            [self.root / DEFAULT_ENV_FILE] if self.env_file is None else
+            [self.root / Path(f).expanduser() for f in self.env_file]
+        )  # fmt: skip
+        if self.env_file is None and not project[0].is_file():
+            project = []
+        own = [self.root / Path(f).expanduser() for f in task.env_file or ()]
+        return project + own if task.env_file != () else []
 
     def require(self, names: Iterable[str]) -> list[str]:
         """`names` without duplicates, in the given order; UnknownTask for the first unknown."""
@@ -386,6 +401,26 @@ def _restart_policy(value: object) -> RestartPolicy:
     return RestartPolicy(value)
 
 
+def _port(value: object) -> int | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise _expect('an integer from 1 to 65535, or "auto" (a free port chosen for you)', value)
+    return value
+
+
+def _env_file(value: object) -> tuple[str, ...]:
+    if value is False:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _expect("a path, a list of paths, or false (no env file)", value)
+    if any(not v.strip() or "\0" in v for v in value):
+        raise _Invalid("must not hold an empty path or a NUL character")
+    return tuple(dict.fromkeys(value))
+
+
 def _string_list(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _expect('an array of strings (like ["a", "b"])', value)
@@ -412,7 +447,8 @@ _TASK_CHECKS: dict[str, _Check] = {
     "command": _text,
     "cwd": _text,
     "env": _env,
-    "port": _integer(1, 65535),
+    "env_file": _env_file,
+    "port": _port,
     "auto_start": _bool,
     "depends_on": _string_list,
     "health_check": _text,
@@ -427,7 +463,7 @@ _TASK_CHECKS: dict[str, _Check] = {
     "restart_backoff": _number(positive=False),
 }
 _TASK_KEYS = (*_TASK_CHECKS, "hooks")
-_TOP_KEYS = ("name", "auto_start", "hooks", "tasks", "logs", "bridge")
+_TOP_KEYS = ("name", "auto_start", "env_file", "hooks", "tasks", "logs", "bridge")
 _LOGS_CHECKS: dict[str, _Check] = {"max_bytes": _integer(1024), "max_files": _integer(1)}
 _BRIDGE_CHECKS: dict[str, _Check] = {"allowed_origins": _string_list}
 _TASK_KEY_ALIASES = {
@@ -440,6 +476,9 @@ _TASK_KEY_ALIASES = {
     "working_dir": "cwd",
     "working_directory": "cwd",
     "environment": "env",
+    "envfile": "env_file",
+    "env_files": "env_file",
+    "dotenv": "env_file",
     "ports": "port",
     "depends": "depends_on",
     "dependencies": "depends_on",
@@ -560,6 +599,7 @@ class _Validator:
                 if why := name_problem(name, "project name"):
                     self.problem(why, key="name")
         auto_start = self.fields(raw, {"auto_start": _bool}, None).get("auto_start", True)
+        env_file = self.fields(raw, {"env_file": _env_file}, None).get("env_file")
         hooks = self.hooks(raw, None)
         logs_raw = self.table(raw, "logs", None, "keys " + ", ".join(_LOGS_CHECKS))
         self.unknown_keys(logs_raw, list(_LOGS_CHECKS), None, "logs.")
@@ -585,11 +625,12 @@ class _Validator:
         if self.problems:
             raise ConfigError(self.path, self.problems)
         try:
-            return ProjectConfig(
+            config = ProjectConfig(
                 name=name,
                 config_path=self.path,
                 root=self.path.parent,
                 auto_start=auto_start,
+                env_file=env_file,
                 hooks=hooks,
                 tasks=tasks,
                 logs=logs,
@@ -597,6 +638,22 @@ class _Validator:
             )
         except ValidationError as exc:
             raise ConfigError(self.path, _pydantic_problems(exc, None)) from None
+        self.env_files(config)
+        if self.problems:
+            raise ConfigError(self.path, self.problems)
+        return config
+
+    def env_files(self, config: ProjectConfig) -> None:
+        """Every env file must exist (but the default .env) and parse, line by line."""
+        seen: set[Path] = set()
+        for name, task in config.tasks.items():
+            for path in config.env_files(name):
+                if path in seen:
+                    continue
+                seen.add(path)
+                owner = name if path in [config.root / f for f in task.env_file or ()] else None
+                for problem in env_file_problems(path):
+                    self.problem(problem, owner, "env_file")
 
     def task(
         self, name: str, body: object, auto_start: bool, deps: dict[str, tuple[str, ...]]
@@ -685,6 +742,13 @@ def _cycles(edges: Mapping[str, list[str]]) -> list[list[str]]:
     return found
 
 
+def env_file_problems(path: Path) -> list[str]:
+    """Why a dotenv file cannot be used: missing, unreadable, or malformed lines."""
+    if not path.is_file():
+        return [f"env file {path} does not exist (create it, or set env_file = false)"]
+    return [f"env file {p}" for p in load_env_files([path], {})[1]]
+
+
 def _pydantic_problems(exc: ValidationError, task: str | None) -> list[ConfigProblem]:
     return [
         ConfigProblem(err["msg"], task=task, key=".".join(str(p) for p in err["loc"]) or None)
@@ -763,7 +827,7 @@ def add_task(
     command: str,
     *,
     cwd: str | None = None,
-    port: int | None = None,
+    port: int | str | None = None,
     depends_on: Sequence[str] = (),
     health_check: str | None = None,
     health_url: str | None = None,

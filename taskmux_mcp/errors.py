@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class TaskmuxError(Exception):
@@ -129,3 +130,21 @@ class IllegalTransition(TaskmuxError):
 
 class StateWriteError(TaskmuxError):
     """The state folder refused a write: the disk is full, or the folder is read-only."""
+
+
+class PortBusy(TaskmuxError):
+    """A task's port is held by a process that is not this task's own leftover."""
+
+    def __init__(self, port: int, holders: Sequence[Any], *, protected: Iterable[int] = ()) -> None:
+        self.port = port
+        self.holders = tuple(holders)
+        held_by = "; ".join(h.describe() for h in self.holders) or "another process"
+        mine = {h.process.pid for h in self.holders} & set(protected)
+        if mine:
+            advice = "which is taskmux itself or the process that runs it: choose another port"
+        else:
+            advice = (
+                'stop it, or set port = "auto" in taskmux.toml for a port of this checkout\'s '
+                "own, or start with force_port (CLI: --force-port) to kill it"
+            )
+        super().__init__(f"port {port} is in use by {held_by}; {advice}")

@@ -54,6 +54,7 @@ class EventType(StrEnum):
     GAVE_UP = "gave_up"
     HEALTH_CHANGED = "health_changed"
     PORT_FREED = "port_freed"
+    PORT_BUSY = "port_busy"
     HOOK_FAILED = "hook_failed"
     CONFIG_RELOADED = "config_reloaded"
     CONFIG_INVALID = "config_invalid"

@@ -21,7 +21,7 @@ import anyio
 from . import processes, records
 from .backend import Launch, Pane
 from .config import TaskConfig
-from .errors import HookFailed, StateWriteError, TaskmuxError, TmuxError
+from .errors import HookFailed, PortBusy, StateWriteError, TaskmuxError, TmuxError
 from .events import Cause, EventType
 from .hooks import run_hook
 from .models import TaskResult, TaskState
@@ -100,6 +100,7 @@ async def launch(
     automatic: bool = False,
     on_failure: FailureDecision | None = None,
     notes: Notes | None = None,
+    force_port: bool = False,
 ) -> Pane:
     """Start a new run of a task that is not running (the caller holds its lock).
 
@@ -126,7 +127,7 @@ async def launch(
             "before_start", task.hooks.before_start, task=name, cwd=cwd, env=project.task_env(name)
         )
         with anyio.CancelScope(shield=True):
-            pane = await _spawn(project, name, task, run, cause)
+            pane = await _spawn(project, name, task, run, cause, force_port=force_port, notes=notes)
     except TaskmuxError as exc:
         decision = on_failure(record) if on_failure is not None else None
         error = str(exc)
@@ -161,18 +162,37 @@ async def launch(
     return pane
 
 
-async def _spawn(project: Project, name: str, task: TaskConfig, run: int, cause: Cause) -> Pane:
+async def _spawn(
+    project: Project,
+    name: str,
+    task: TaskConfig,
+    run: int,
+    cause: Cause,
+    *,
+    force_port: bool,
+    notes: Notes,
+) -> Pane:
     snapshot = await project.backend.snapshot()
     current = snapshot.panes.get(name)
     if current is not None and not current.dead:
         raise TaskmuxError(f"task '{name}' is already running (pid {current.pid})")
     await processes.kill_tree(None, project.task_id(name))  # an older run's orphans
-    if task.port is not None:
-        freed = await processes.free_port(task.port)
-        for proc in freed:
-            project.events.record(
-                EventType.PORT_FREED, cause, name, port=task.port, pid=proc.pid, process=proc.name
-            )
+    await project.assign_ports()
+    port = project.port_of(name)
+    if port is not None:
+        try:
+            freed = await processes.reclaim_port(port, project.task_id(name), force=force_port)
+        except PortBusy as exc:
+            holders = [h.details() for h in exc.holders]
+            event(project, notes, EventType.PORT_BUSY, cause, name, port=port, holders=holders)
+            raise
+        for holder in freed:
+            forced = holder.task_id != project.task_id(name)
+            details = holder.details()
+            event(project, notes, EventType.PORT_FREED, cause, name, port=port, forced=forced,
+                  **details)  # fmt: skip
+            if forced:
+                notes.add(f"port {port}: killed {holder.describe()} (force_port)")
     spec = Launch(
         task=name,
         run=run,

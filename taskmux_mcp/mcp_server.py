@@ -44,6 +44,7 @@ from .events import Cause, EventType
 from .models import BaseModel, EventRecord
 from .monitor import Monitor
 from .operations import OPERATIONS, Call, Operation, perform
+from .overview import all_projects_async
 from .project import Project, ProjectSlot
 
 log = logging.getLogger("taskmux.mcp")
@@ -64,6 +65,7 @@ failure; `events` shows what happened; `stop` / `kill` end tasks."""
 STATUS_URI: Final = "taskmux://status"
 CONFIG_URI: Final = "taskmux://config"
 EVENTS_URI: Final = "taskmux://events"
+PROJECTS_URI: Final = "taskmux://projects"
 TASK_PREFIX: Final = "taskmux://tasks/"
 LOGS_PREFIX: Final = "taskmux://logs/"
 LOG_RESOURCE_LINES: Final = 200
@@ -270,7 +272,7 @@ async def pump(peer: Peer, project: Project) -> None:
         try:
             async with project.events.subscribe() as feed:
                 async for event in feed:
-                    await publish(peer, event)
+                    await publish(peer, project.redactor().model(event))
             return
         except Exception:
             log.exception("event pump failed; resuming")
@@ -420,7 +422,7 @@ def declared_tools(slot: ProjectSlot) -> list[Tool]:
 
 
 def _known_uri(uri: str, project: Project | None) -> bool:
-    if uri in (STATUS_URI, CONFIG_URI, EVENTS_URI):
+    if uri in (STATUS_URI, CONFIG_URI, EVENTS_URI, PROJECTS_URI):
         return True
     for prefix in (TASK_PREFIX, LOGS_PREFIX):
         if uri.startswith(prefix):
@@ -461,6 +463,8 @@ def register_resources(server: MCPServer[Any], slot: ProjectSlot) -> None:
         if path is not None:
             with contextlib.suppress(OSError):
                 text = path.read_text(encoding="utf-8", errors="replace")
+        if text is not None and project is not None:
+            text = project.redactor().text(text)
         return json.dumps(
             {
                 "path": str(path) if path else None,
@@ -504,6 +508,20 @@ def register_resources(server: MCPServer[Any], slot: ProjectSlot) -> None:
         return "".join(
             f"{line.time.strftime(stamp) if line.time else '-'} {line.text}\n" for line in lines
         )
+
+    @server.resource(
+        PROJECTS_URI,
+        name="projects",
+        title="Every checkout",
+        description="Every taskmux project on this tmux server (each checkout or worktree): "
+        "its folder, session, tasks, their states and ports.",
+        mime_type="application/json",
+    )
+    async def projects_resource() -> str:
+        project = slot.current
+        socket_name = project.socket_name if project is not None else None
+        environ = project.environ if project is not None else dict(os.environ)
+        return dumps(await all_projects_async(socket_name, environ))
 
     @server.resource(
         EVENTS_URI,

@@ -56,7 +56,8 @@ class TaskStatus(BaseModel):
     exit_signal: str | None = None
     restarts: int = Field(0, description="consecutive automatic restarts")
     manually_stopped: bool = False
-    port: int | None = None
+    port: int | None = Field(None, description='its port, fixed or assigned (`port = "auto"`)')
+    url: str | None = Field(None, description="its health_url, ports filled in")
     uptime_s: float | None = None
     restart_policy: str
     depends_on: list[str] = Field(default_factory=list)
@@ -215,3 +216,20 @@ class InspectResult(BaseModel):
     log_path: str
     log_tail: list[str] = Field(default_factory=list, description="last lines of the last run")
     recent_events: list[EventRecord] = Field(default_factory=list)
+
+
+class ProjectOverview(BaseModel):
+    """One checkout with tasks on the tmux server, as `status --all` lists it."""
+
+    project: str
+    checkout: str | None = Field(None, description="the folder holding its taskmux.toml")
+    session: str
+    config_path: str | None = None
+    tasks: list[TaskStatus] = Field(default_factory=list)
+    error: str | None = Field(None, description="why only tmux's view of it is shown")
+
+
+class ProjectsResult(BaseModel):
+    """Every taskmux project on the tmux server (every checkout of every project)."""
+
+    projects: list[ProjectOverview]

@@ -173,10 +173,12 @@ def _show(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Call:
-    """Who calls, and where progress messages go."""
+    """Who calls, where progress messages go, and whether secrets may be shown (a human's
+    `--raw`)."""
 
     cause: Cause
     progress: Progress | None = None
+    raw: bool = False
 
 
 Runner = Callable[["Project", Mapping[str, Any], Call], Awaitable[BaseModel]]
@@ -274,6 +276,11 @@ TIMEOUT = Param(
     "timeout", Kind.NUMBER, "seconds to wait at most", default=60.0, minimum=0.1,
     maximum=MAX_TIMEOUT, flags=("--timeout",), metavar="S",
 )  # fmt: skip
+FORCE_PORT = Param(
+    "force_port", Kind.BOOLEAN, "kill whoever listens on a task's port, even a process that is "
+    "not this task's (without it, only the task's own leftovers are)", default=False,
+    flags=("--force-port",),
+)  # fmt: skip
 SINCE = Param(
     "since",
     Kind.TEXT,
@@ -303,6 +310,7 @@ def _waiting(action: str) -> Runner:
             timeout=args["timeout"],
             cause=call.cause,
             progress=call.progress,
+            force_port=args["force_port"],
         )
         return result
 
@@ -318,6 +326,10 @@ def _ending(action: str) -> Runner:
         return result
 
     return run
+
+
+async def _down(project: Project, args: Mapping[str, Any], call: Call) -> BaseModel:
+    return await project.down(cause=call.cause, progress=call.progress)
 
 
 async def _logs(project: Project, args: Mapping[str, Any], call: Call) -> BaseModel:
@@ -368,7 +380,7 @@ OPERATIONS: dict[str, Operation] = {
             "returns when each task is healthy/running, has exited 0 (one-shot), or has failed "
             "(with the exit status, the failing check's output and the last log lines), or at "
             "the timeout. Tasks already running are left alone; starting is safe to repeat.",
-            (_tasks("tasks to start (default: every auto_start task)"), WAIT, TIMEOUT),
+            (_tasks("tasks to start (default: every auto_start task)"), WAIT, TIMEOUT, FORCE_PORT),
             ActionResult,
             _waiting("start"),
             read_only=False,
@@ -393,7 +405,12 @@ OPERATIONS: dict[str, Operation] = {
             "Stop then start tasks (default: all running ones); clears manual-stop marks. With "
             "wait (default) it returns the verdict like `start`, and for each task the lines it "
             "printed since this start (`log_tail`).",
-            (_tasks("tasks to restart (default: every running task)"), WAIT, TIMEOUT),
+            (
+                _tasks("tasks to restart (default: every running task)"),
+                WAIT,
+                TIMEOUT,
+                FORCE_PORT,
+            ),
             ActionResult,
             _waiting("restart"),
             read_only=False,
@@ -412,6 +429,18 @@ OPERATIONS: dict[str, Operation] = {
             read_only=False,
             destructive=True,
             idempotent=False,
+        ),
+        Operation(
+            "down",
+            "Take the project down",
+            "Stop every task, remove the project's tmux session (its windows, the monitor "
+            'there, the log writers) and release the ports assigned to `port = "auto"` '
+            "tasks. Logs and events are kept.",
+            (),
+            ActionResult,
+            _down,
+            read_only=False,
+            destructive=True,
         ),
         Operation(
             "logs",
@@ -547,4 +576,6 @@ async def perform(
     if op.needs_config:
         project.valid_config()
     result = await op.run(project, args, call)
+    if not call.raw:
+        result = project.redactor().model(result)
     return fit(result, budget) if budget is not None else result

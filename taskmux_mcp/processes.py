@@ -17,7 +17,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ import anyio
 import anyio.to_thread
 import psutil
 
-from taskmux_mcp.errors import InvalidArgument
+from taskmux_mcp.errors import InvalidArgument, PortBusy
 
 ENV_MARKER = "TASKMUX_TASK_ID"
 
@@ -138,7 +138,7 @@ def _marker_of(proc: Any) -> str | None:
     """The task marker in a process's environment, if readable."""
     try:
         env = proc.environ()
-    except psutil.Error:
+    except (psutil.Error, OSError):  # psutil lets a raw ProcessLookupError out at times
         return None
     value = env.get(ENV_MARKER)
     return value if isinstance(value, str) else None
@@ -379,45 +379,95 @@ def port_listeners(port: int) -> list[ProcessInfo]:
     return found
 
 
-async def free_port(
+CHECKOUT_ENV = "TASKMUX_CHECKOUT"
+
+
+@dataclass(frozen=True)
+class PortHolder:
+    """A process listening on a port, and the taskmux task it belongs to, if any."""
+
+    process: ProcessInfo
+    task_id: str | None = None
+    project: str | None = None
+    checkout: str | None = None
+    task: str | None = None
+
+    def describe(self) -> str:
+        """Who it is, in one phrase."""
+        text = f"pid {self.process.pid} ({self.process.cmdline[:120] or self.process.name})"
+        if self.task_id is not None:
+            where = f" in {self.checkout}" if self.checkout else ""
+            text += f", task '{self.task}' of project '{self.project}'{where}"
+        return text
+
+    def details(self) -> dict[str, object]:
+        """Its fields for an event."""
+        found = {"pid": self.process.pid, "process": self.process.name,
+                 "command": self.process.cmdline[:200]}  # fmt: skip
+        if self.task_id is not None:
+            found |= {"project": self.project, "checkout": self.checkout, "task": self.task}
+        return found
+
+
+def port_holders(port: int) -> list[PortHolder]:
+    """The processes listening on a port, each with the taskmux task it belongs to."""
+    holders = []
+    for info in port_listeners(port):
+        try:
+            env = psutil.Process(info.pid).environ()
+        except (psutil.Error, OSError):
+            env = {}
+        marker = env.get(ENV_MARKER)
+        holders.append(
+            PortHolder(
+                info,
+                marker,
+                env.get("TASKMUX_PROJECT") if marker else None,
+                env.get(CHECKOUT_ENV) if marker else None,
+                env.get("TASKMUX_TASK") if marker else None,
+            )
+        )
+    return holders
+
+
+async def reclaim_port(
     port: int,
+    task_id: str,
     *,
-    protect: Collection[int] = (),
+    force: bool = False,
     wait: float = 3.0,
     term_grace: float = 1.5,
-) -> list[ProcessInfo]:
-    """Kill whoever listens on a port (SIGTERM, then SIGKILL) and return them.
+) -> list[PortHolder]:
+    """Free a port before a task's start: its own leftovers always, anyone else only by force.
 
-    Raises InvalidArgument when a protected process (ourselves, an ancestor, ``protect``)
-    holds the port. Returns after ``wait`` s even if an unkillable listener remains.
+    Raises PortBusy naming the holders when someone else listens and force is off; returns
+    the holders it ended (SIGTERM, then SIGKILL). Ourselves and our ancestors are never
+    signalled. Returns after `wait` s even if an unkillable listener remains.
     """
-    protected = _protected_pids() | set(protect)
+    holders = await anyio.to_thread.run_sync(port_holders, port)
+    protected = _protected_pids()
+    strangers = [h for h in holders if h.task_id != task_id]
+    if any(h.process.pid in protected for h in holders) or (strangers and not force):
+        raise PortBusy(port, strangers or holders, protected=protected)
+    ended = {h.process.pid: h for h in holders}
     deadline = time.monotonic() + wait
     termed: dict[int, float] = {}
-    killed: dict[int, ProcessInfo] = {}
-    while True:
-        listeners = await anyio.to_thread.run_sync(port_listeners, port)
-        if not listeners:
+    while ended:
+        left = await anyio.to_thread.run_sync(_listener_pids, port) & set(ended)
+        if not left:
             break
-        for p in listeners:
-            if p.pid in protected:
-                raise InvalidArgument(
-                    f"port {port} is held by pid {p.pid} ({p.name}: {p.cmdline[:120]}), "
-                    "which taskmux will not kill; stop it or choose another port"
-                )
         now = time.monotonic()
-        for p in listeners:
+        for pid in left:
             sig = signal.SIGTERM
-            if p.pid in termed:
-                if now - termed[p.pid] < term_grace:
+            if pid in termed:
+                if now - termed[pid] < term_grace:
                     continue
                 sig = signal.SIGKILL
             else:
-                termed[p.pid] = now
-            killed.setdefault(p.pid, p)
+                termed[pid] = now
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(p.pid, sig)
+                os.kill(pid, sig)
         if now >= deadline:
             break
         await anyio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-    return list(killed.values())
+    return list(ended.values())

@@ -24,6 +24,7 @@ from . import lifecycle, processes, readiness, records
 from .backend import Launch, Pane, Snapshot
 from .clock import SYSTEM_CLOCK, Clock
 from .config import ProjectConfig, discover_config, load_config
+from .envfiles import load_env_files
 from .errors import (
     ConfigError,
     ConfigProblem,
@@ -31,6 +32,7 @@ from .errors import (
     InvalidArgument,
     StateWriteError,
     TaskmuxError,
+    TmuxError,
 )
 from .events import Cause, EventLog, EventType
 from .hooks import run_hook
@@ -53,7 +55,9 @@ from .models import (
     TaskState,
     TaskStatus,
 )
+from .ports import PortBook
 from .records import Phase, RecordStore, StopKind, TaskRecord, observe
+from .redaction import Redactor, expand_ports, looks_secret
 from .state import ProjectPaths, find_state_folder, state_root, write_atomic
 from .tmux import TmuxBackend
 
@@ -160,12 +164,20 @@ class Project:
             self.paths.logs, max_bytes=config.logs.max_bytes, max_files=config.logs.max_files
         )
         self.backend = TmuxBackend(
-            self.key, config.name, self.socket_name, scripts=self.paths.scripts
-        )
+            self.key, config.name, self.socket_name, scripts=self.paths.scripts,
+            config_path=config.config_path,
+        )  # fmt: skip
+        self.ports = PortBook(self.paths.ports, self.key)
+        self._redactor: tuple[object, Redactor] | None = None
 
     def _save_config(self) -> None:
         with contextlib.suppress(OSError):
             write_atomic(self.paths.saved_config, self._config.model_dump_json().encode())
+
+    @property
+    def environ(self) -> dict[str, str]:
+        """The environment the project was opened with (state folder, tmux, env expansion)."""
+        return dict(self._environ)
 
     @property
     def config(self) -> ProjectConfig:
@@ -219,13 +231,82 @@ class Project:
         """The marker every process of a task carries in its environment."""
         return f"{self.key}/{name}"
 
+    def port_of(self, name: str) -> int | None:
+        """The task's port: its fixed one, or the one assigned to it (None until then)."""
+        port = self.config.task(name).port
+        if port == "auto":
+            return self.ports.assigned().get(name)
+        return port
+
+    async def assign_ports(self) -> dict[str, int]:
+        """Give every `port = "auto"` task of the project its port, if it has none yet."""
+        auto = [n for n, t in self.config.tasks.items() if t.port == "auto"]
+        if not auto:
+            return {}
+        try:
+            return await self.ports.assign(auto)
+        except OSError as exc:
+            raise StateWriteError(f"cannot assign ports (in {self.paths.ports}): {exc}") from exc
+
+    def port_env(self) -> dict[str, str]:
+        """TASKMUX_PORT_<TASK> for every task that has a port."""
+        env = {}
+        for name in self.config.tasks:
+            port = self.port_of(name)
+            if port is not None:
+                env["TASKMUX_PORT_" + name.upper().replace("-", "_")] = str(port)
+        return env
+
+    def health_url_of(self, name: str) -> str | None:
+        """The task's health_url with $PORT and ${TASKMUX_PORT_<TASK>} filled in."""
+        url = self.config.task(name).health_url
+        if url is None:
+            return None
+        ports = self.port_env()
+        own = self.port_of(name)
+        if own is not None:
+            ports["PORT"] = str(own)
+        return expand_ports(url, ports)
+
+    def env_file_values(self, name: str) -> tuple[dict[str, str], list[str]]:
+        """The variables the task's env files give it, and what is wrong with those files."""
+        return load_env_files(self.config.env_files(name), self._environ)
+
     def task_env(self, name: str, *, marked: bool = False) -> dict[str, str]:
-        """The task's extra environment; only its own processes carry the task marker."""
+        """The task's extra environment, lowest precedence first: env files, ports, `env`.
+
+        marked: for a launch, which also carries the task marker and refuses a broken env file.
+        """
         task = self.config.task(name)
-        env = {"TASKMUX_PROJECT": self.config.name, "TASKMUX_TASK": name, **task.env}
+        from_files, problems = self.env_file_values(name)
+        if problems and marked:
+            raise ConfigError(self.config_path, [ConfigProblem(p, task=name, key="env_file")
+                                                 for p in problems])  # fmt: skip
+        env = {**from_files, **self.port_env()}
+        port = self.port_of(name)
+        if port is not None:
+            env["PORT"] = str(port)
+        env |= {"TASKMUX_PROJECT": self.config.name, "TASKMUX_TASK": name,
+                processes.CHECKOUT_ENV: str(self.config.root), **task.env}  # fmt: skip
         if marked:
             env[processes.ENV_MARKER] = self.task_id(name)
         return env
+
+    def redactor(self) -> Redactor:
+        """What hides this project's secrets from agents (rebuilt when an env file changes)."""
+        files = sorted({f for name in self.config.tasks for f in self.config.env_files(name)})
+        key = (id(self._config), tuple((f, _stat_stamp(f)) for f in files))
+        if self._redactor is None or self._redactor[0] != key:
+            self._redactor = (key, Redactor(self.secrets()))
+        return self._redactor[1]
+
+    def secrets(self) -> dict[str, str]:
+        """Values agents must not read: everything from env files, and secret-looking `env`."""
+        found: dict[str, str] = {}
+        for name, task in self.config.tasks.items():
+            found |= self.env_file_values(name)[0]
+            found |= {k: v for k, v in task.env.items() if looks_secret(k)}
+        return found
 
     def task_lock(self, name: str, what: str) -> FileLock:
         """The lock whose holder alone may change the task (start, stop, restart, kill)."""
@@ -309,7 +390,8 @@ class Project:
             exit_signal=seen.exit_signal,
             restarts=record.restarts,
             manually_stopped=record.manually_stopped,
-            port=task.port,
+            port=self.port_of(name),
+            url=self.health_url_of(name),
             uptime_s=uptime,
             restart_policy=str(task.restart_policy),
             depends_on=list(task.depends_on),
@@ -363,14 +445,19 @@ class Project:
         timeout: float = 60.0,
         cause: Cause | None = None,
         progress: Progress | None = None,
+        force_port: bool = False,
     ) -> ActionResult:
-        """Start tasks (all auto_start ones by default) and their dependencies, in order."""
+        """Start tasks (all auto_start ones by default) and their dependencies, in order.
+
+        force_port: kill whoever holds a task's port (else only the task's own leftovers).
+        """
         config = self.valid_config()
         auto = [name for name, task in config.tasks.items() if task.auto_start]
         requested = self._names(tasks, auto)
         return await self._bring_up_all(
-            requested, wait=wait, timeout=timeout, cause=cause or self.cause, progress=progress
-        )
+            requested, wait=wait, timeout=timeout, cause=cause or self.cause, progress=progress,
+            force_port=force_port,
+        )  # fmt: skip
 
     async def _bring_up_all(
         self,
@@ -381,6 +468,7 @@ class Project:
         cause: Cause,
         progress: Progress | None,
         held: dict[str, FileLock | None] | None = None,
+        force_port: bool = False,
     ) -> ActionResult:
         if timeout <= 0 or timeout > 24 * 3600:
             raise InvalidArgument("timeout must be between 0 and 86400 seconds")
@@ -414,6 +502,7 @@ class Project:
                     progress=progress,
                     requested=name in requested,
                     held=held,
+                    force_port=force_port,
                 )
             except TaskmuxError as exc:
                 results[name] = self._failure(name, str(exc))
@@ -458,6 +547,7 @@ class Project:
         progress: Progress | None,
         requested: bool,
         held: dict[str, FileLock | None] | None,
+        force_port: bool,
     ) -> TaskResult:
         task = self.config.task(name)
         began = time.monotonic()
@@ -498,7 +588,9 @@ class Project:
                     )
                 action = "started"
                 try:
-                    pane = await lifecycle.launch(self, name, cause, lock=lock, notes=notes)
+                    pane = await lifecycle.launch(
+                        self, name, cause, lock=lock, notes=notes, force_port=force_port
+                    )
                 except TaskmuxError as exc:
                     return self._failure(
                         name,
@@ -586,6 +678,26 @@ class Project:
         await self._project_hook("after_stop", cause)
         return self._action_result(results)
 
+    async def down(
+        self, *, cause: Cause | None = None, progress: Progress | None = None
+    ) -> ActionResult:
+        """Stop every task, then remove the project's session (windows left, the hosted
+        monitor, log writers) and release its assigned ports."""
+        stopped = await self.stop((), cause=cause, progress=progress)
+        warnings = list(stopped.warnings)
+        snap = await self.backend.snapshot()
+        if snap.session is not None:
+            try:
+                await self.backend.kill_session(snap.session)
+            except TmuxError as exc:
+                warnings.append(f"session {snap.session} could not be removed: {exc}")
+        released = self.ports.release()
+        done = f"session {snap.session} removed" if snap.session else "no session was left"
+        if released:
+            done += "; assigned ports released: " + ", ".join(released)
+        message = done if stopped.ok else f"{stopped.message}; {done}"
+        return ActionResult(ok=stopped.ok, tasks=stopped.tasks, message=message, warnings=warnings)
+
     async def _in_stop_order(
         self, names: Sequence[str], one: Callable[[str], Awaitable[TaskResult]]
     ) -> list[TaskResult]:
@@ -667,6 +779,7 @@ class Project:
         timeout: float = 60.0,
         cause: Cause | None = None,
         progress: Progress | None = None,
+        force_port: bool = False,
     ) -> ActionResult:
         """Stop then start tasks (all running ones by default); clears manual-stop marks.
 
@@ -704,8 +817,9 @@ class Project:
             if failures:
                 return ActionResult(ok=False, tasks=stopped, message=_summary(failures))
             started = await self._bring_up_all(
-                names, wait=wait, timeout=timeout, cause=cause, progress=progress, held=held
-            )
+                names, wait=wait, timeout=timeout, cause=cause, progress=progress, held=held,
+                force_port=force_port,
+            )  # fmt: skip
         finally:
             with anyio.CancelScope(shield=True):
                 await self._settle_restarts(held)

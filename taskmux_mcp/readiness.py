@@ -36,8 +36,8 @@ async def probe(project: Project, name: str) -> ProbeOutcome | None:
     task = project.config.task(name)
     return await probe_checks(
         health_check=task.health_check,
-        health_url=task.health_url,
-        port=task.port,
+        health_url=project.health_url_of(name),
+        port=project.port_of(name),
         cwd=task.working_dir(project.config.root),
         env=project.task_env(name),
         timeout=task.health_timeout,

@@ -76,6 +76,11 @@ class ProjectPaths:
         return self.root / "run"
 
     @property
+    def ports(self) -> Path:
+        """The ports assigned to this checkout's `port = "auto"` tasks."""
+        return self.root / "ports.json"
+
+    @property
     def saved_config(self) -> Path:
         """The last valid config, used while taskmux.toml is invalid."""
         return self.root / "config.json"

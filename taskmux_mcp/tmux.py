@@ -30,6 +30,7 @@ PROJECT_OPTION = "@taskmux_project"
 TASK_OPTION = "@taskmux_task"
 RUN_OPTION = "@taskmux_run"
 STOP_OPTION = "@taskmux_stop"
+CONFIG_OPTION = "@taskmux_config"
 WINDOW_SIZE = ("220", "50")
 INLINE_SCRIPT_MAX = 4096  # tmux refuses command lines over about 16 KB in all
 
@@ -70,11 +71,13 @@ class TmuxBackend:
         socket_name: str | None = None,
         *,
         scripts: Path | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.project_key = project_key
         self.session_name = session_name
         self.socket_name = socket_name or "default"
         self.scripts = scripts
+        self.config_path = config_path
 
     def _call(self, args: Sequence[str]) -> tuple[int, list[str], str]:
         """One tmux process on this project's server: (status, stdout lines, stderr)."""
@@ -226,8 +229,14 @@ class TmuxBackend:
             ]  # fmt: skip
             rename = [";", "rename-window", "-t", target, launch.task]
         pipe = ["pipe-pane", "-t", target] + ([] if launch.pipe is None else [launch.pipe])
+        # A session option, so `status --all` finds the checkout; it ends in taskmux.toml,
+        # never in the `;` tmux would read as a separator.
+        where = [] if self.config_path is None else [
+            ";", "set-option", "-t", target, CONFIG_OPTION, str(self.config_path),
+        ]  # fmt: skip
         sequence = [
             *create,
+            *where,
             ";", "set-option", "-w", "-t", target, "remain-on-exit", "on",
             ";", "set-option", "-w", "-t", target, RUN_OPTION, str(launch.run),
             ";", "set-option", "-w", "-t", target, STOP_OPTION, "",
@@ -290,11 +299,37 @@ class TmuxBackend:
         """Remove a task's window."""
         await self._run("kill-window", "-t", window_id)
 
+    async def kill_session(self, session: str) -> None:
+        """Remove the project's session (and every window left in it)."""
+        await self._run("kill-session", "-t", f"={session}")
+
     def select_argv(self, target: str, *, inside: bool) -> list[str]:
         """tmux attach (or switch-client from inside tmux) to a session or window."""
         tmux = shutil.which("tmux") or "tmux"
         verb = "switch-client" if inside else "attach-session"
         return [tmux, "-L", self.socket_name, verb, "-t", target]
+
+
+_ALL_FIELDS = ("session_name", PROJECT_OPTION, CONFIG_OPTION, TASK_OPTION, "pane_dead")
+_ALL_FORMAT = _SEP.join("#{" + name + "}" for name in _ALL_FIELDS)
+
+
+def taskmux_sessions(socket_name: str | None) -> dict[str, tuple[str, str, dict[str, bool]]]:
+    """Every taskmux project on a tmux server: key → (session, config path, task → alive)."""
+    backend = TmuxBackend("", "", socket_name)
+    status, lines, _ = backend._call(["list-panes", "-a", "-F", _ALL_FORMAT])
+    found: dict[str, tuple[str, str, dict[str, bool]]] = {}
+    if status != 0:
+        return found
+    for line in lines:
+        parts = line.split(_SEP)
+        if len(parts) != len(_ALL_FIELDS) or not parts[1]:
+            continue  # a session taskmux did not make
+        session, key, config, task, dead = parts
+        entry = found.setdefault(key, (session, config, {}))
+        if task:
+            entry[2][task] = dead != "1"
+    return found
 
 
 def version_problem(minimum: str = "3.2") -> str | None:

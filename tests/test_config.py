@@ -145,6 +145,7 @@ def test_defaults_equal_spec_table(tmp_path: Path) -> None:
         "command": "run",
         "cwd": None,
         "env": {},
+        "env_file": None,
         "port": None,
         "auto_start": True,
         "depends_on": (),
@@ -303,7 +304,7 @@ def test_unknown_keys_at_every_level(
 
 def test_unknown_key_without_close_match_lists_valid_keys(tmp_path: Path) -> None:
     problem = only_problem('[tasks.a]\ncommand = "x"\nzzz = 1\n', tmp_path)
-    assert "valid keys: command, cwd, env, port" in problem.message
+    assert "valid keys: command, cwd, env, env_file, port" in problem.message
 
 
 def test_misplaced_keys_get_a_pointed_hint(tmp_path: Path) -> None:
@@ -320,10 +321,10 @@ def test_misplaced_keys_get_a_pointed_hint(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "key", "expected"),
     [
-        ('port = "abc"', "port", 'must be an integer from 1 to 65535, got "abc" (a string)'),
+        ('port = "abc"', "port", 'must be an integer from 1 to 65535, or "auto"'),
         ("port = true", "port", "got true (a boolean)"),
-        ("port = 0", "port", "from 1 to 65535, got 0"),
-        ("port = 65536", "port", "from 1 to 65535, got 65536"),
+        ("port = 0", "port", 'from 1 to 65535, or "auto" (a free port chosen for you), got 0'),
+        ("port = 65536", "port", 'or "auto" (a free port chosen for you), got 65536'),
         ("port = 80.0", "port", "got 80.0 (a number)"),
         ("env = { A = 1 }", "env", 'value of A must be a string (quote it: A = "1")'),
         ('env = "A=1"', "env", "must be a table of strings"),

@@ -44,6 +44,7 @@ TOOLS = {
     "inspect",
     "health",
     "events",
+    "down",
 }
 ENTRY = Path(sys.executable).with_name("taskmux-mcp")
 
@@ -173,7 +174,7 @@ stop_grace_period = 0.5
 
 
 @pytest.mark.anyio
-async def test_tools_list_has_the_ten_tools_with_schemas_and_annotations(
+async def test_tools_list_has_every_tool_with_schemas_and_annotations(
     project: Workspace,
 ) -> None:
     project.write(SIMPLE)
@@ -200,7 +201,7 @@ async def test_tools_list_has_the_ten_tools_with_schemas_and_annotations(
     def props(name: str) -> dict[str, Any]:
         return dict(listed[name].input_schema["properties"])
 
-    assert set(props("start")) == {"tasks", "wait", "timeout"}
+    assert set(props("start")) == {"tasks", "wait", "timeout", "force_port"}
     assert props("start")["wait"]["default"] is True and props("start")["timeout"]["default"] == 60
     assert set(props("grep")) == {
         "pattern", "tasks", "context", "ignore_case", "since", "max_matches",
@@ -420,7 +421,9 @@ async def test_resources_read(project: Workspace) -> None:
     async with connect(project) as (client, _):
         await call(client, "start", tasks=["a"], wait=False)
         listed = {str(r.uri) for r in (await client.list_resources()).resources}
-        assert listed == {"taskmux://config", "taskmux://status", "taskmux://events"}
+        assert listed == {
+            "taskmux://config", "taskmux://status", "taskmux://events", "taskmux://projects",
+        }  # fmt: skip
         templates = {
             t.uri_template for t in (await client.list_resource_templates()).resource_templates
         }

@@ -17,15 +17,16 @@ from typing import Any
 import psutil
 import pytest
 
-from taskmux_mcp.errors import InvalidArgument
+from taskmux_mcp.errors import InvalidArgument, PortBusy
 from taskmux_mcp.processes import (
+    CHECKOUT_ENV,
     ENV_MARKER,
     ProcessInfo,
     describe_signal,
-    free_port,
     kill_tree,
     port_listeners,
     process_tree,
+    reclaim_port,
     signal_all,
     stop_tree,
     task_processes,
@@ -363,25 +364,52 @@ def test_port_listeners_finds_listener(spawner: Spawner, host: str) -> None:
     assert found[0].name.startswith("python")
 
 
+def start_listener_of(spawner: Spawner, task_id: str, **extra: str) -> tuple[Any, int]:
+    """A listener carrying a task's marker (and any other variables), as a task's leftover."""
+    env = {**os.environ, RUN_MARKER: spawner.run, "PYTHONUNBUFFERED": "1", ENV_MARKER: task_id}
+    argv = [sys.executable, "-c", textwrap.dedent(LISTENER), "127.0.0.1"]
+    proc = subprocess.Popen(
+        argv, env={**env, **extra}, stdout=subprocess.PIPE, start_new_session=True
+    )
+    spawner.popens.append(proc)
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
 @pytest.mark.anyio
-async def test_free_port_spares_connected_processes(spawner: Spawner) -> None:
-    server, port = start_listener(spawner, "127.0.0.1", accept=True)
+async def test_reclaim_port_ends_the_tasks_own_leftover_and_spares_connected_processes(
+    spawner: Spawner,
+) -> None:
+    server, port = start_listener_of(spawner, "demo-1234/api")
     client = start_client(spawner, port)
-    assert server.stdout is not None
-    holder = int(server.stdout.readline())  # forked child, holding only the accepted socket
-    assert alive(holder)
-    assert [p.pid for p in port_listeners(port)] == [server.pid]
-
-    killed = await free_port(port)
-    assert [p.pid for p in killed] == [server.pid]
-    assert port_listeners(port) == []
+    ended = await reclaim_port(port, "demo-1234/api")
+    assert [h.process.pid for h in ended] == [server.pid]
     wait_for(lambda: server.poll() is not None, what="listener to die")
+    assert port_listeners(port) == []
     assert alive(client.pid)
-    assert alive(holder)
 
 
 @pytest.mark.anyio
-async def test_free_port_escalates_to_sigkill(spawner: Spawner) -> None:
+async def test_reclaim_port_never_signals_a_stranger_without_force(spawner: Spawner) -> None:
+    server, port = start_listener(spawner, "127.0.0.1")
+    with pytest.raises(PortBusy, match=rf"port {port} is in use by pid {server.pid} \(") as err:
+        await reclaim_port(port, "demo-1234/api")
+    assert "--force-port" in str(err.value)
+    assert alive(server.pid)
+
+
+@pytest.mark.anyio
+async def test_reclaim_port_names_another_checkouts_task(spawner: Spawner) -> None:
+    other = {"TASKMUX_PROJECT": "demo", "TASKMUX_TASK": "api", CHECKOUT_ENV: "/src/demo-wt2"}
+    server, port = start_listener_of(spawner, "demo-99999999/api", **other)
+    with pytest.raises(PortBusy) as err:
+        await reclaim_port(port, "demo-1234/api")
+    assert "task 'api' of project 'demo' in /src/demo-wt2" in str(err.value)
+    assert alive(server.pid)
+
+
+@pytest.mark.anyio
+async def test_reclaim_port_by_force_escalates_to_sigkill(spawner: Spawner) -> None:
     code = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + textwrap.dedent(
         LISTENER
     )
@@ -395,37 +423,29 @@ async def test_free_port_escalates_to_sigkill(spawner: Spawner) -> None:
     spawner.popens.append(proc)
     assert proc.stdout is not None
     port = int(proc.stdout.readline())
-    killed = await free_port(port, term_grace=0.2)
-    assert [p.pid for p in killed] == [proc.pid]
+    ended = await reclaim_port(port, "demo-1234/api", force=True, term_grace=0.2)
+    assert [h.process.pid for h in ended] == [proc.pid]
     assert proc.wait(timeout=5) == -signal.SIGKILL
     assert port_listeners(port) == []
 
 
 @pytest.mark.anyio
-async def test_free_port_refuses_to_kill_itself() -> None:
+async def test_reclaim_port_refuses_to_kill_itself_even_by_force() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        with pytest.raises(InvalidArgument, match=rf"pid {os.getpid()}\b"):
-            await free_port(port)
+        with pytest.raises(PortBusy, match=rf"pid {os.getpid()}\b.*taskmux itself"):
+            await reclaim_port(port, "demo-1234/api", force=True)
         assert [p.pid for p in port_listeners(port)] == [os.getpid()]
 
 
 @pytest.mark.anyio
-async def test_free_port_refuses_protected(spawner: Spawner) -> None:
-    server, port = start_listener(spawner, "127.0.0.1")
-    with pytest.raises(InvalidArgument, match=str(server.pid)):
-        await free_port(port, protect={server.pid})
-    assert alive(server.pid)
-
-
-@pytest.mark.anyio
-async def test_free_port_of_free_port() -> None:
+async def test_reclaim_port_of_a_free_port() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening
-        assert await free_port(port) == []
+        assert await reclaim_port(port, "demo-1234/api") == []
 
 
 def test_port_listeners_rejects_bad_port() -> None:

@@ -135,7 +135,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_port_cleanup_frees_a_listener_and_spares_a_connected_client(project: Workspace) -> None:
+def test_a_strangers_listener_is_refused_then_forced_and_a_connected_client_spared(
+    project: Workspace,
+) -> None:
     port = _free_port()
     listener = subprocess.Popen(
         [sys.executable, "-c", f"""
@@ -170,12 +172,21 @@ time.sleep(1000)
             """
         )
         sup = project.open()
-        result = anyio.run(lambda: sup.start(timeout=20))
-        assert result.ok, result
+        refused = anyio.run(lambda: sup.start(timeout=20))
+        error = refused.tasks[0].error or ""
+        assert not refused.ok and f"port {port} is in use by pid {listener.pid}" in error, refused
+        assert 'port = "auto"' in error and "--force-port" in error
+        assert listener.poll() is None, "a stranger's listener was signalled without force"
+        busy = [e for e in sup.events_sync(["web"]).events if e.type == "port_busy"]
+        assert busy and busy[0].details["holders"][0]["pid"] == listener.pid
+
+        forced = anyio.run(lambda: sup.start(timeout=20, force_port=True))
+        assert forced.ok, forced
+        assert any(str(listener.pid) in w for w in forced.tasks[0].warnings), forced
         assert listener.wait(timeout=5) is not None
         assert client.poll() is None, "a process merely connected to the port was killed"
         freed = [e for e in sup.events_sync(["web"]).events if e.type == "port_freed"]
-        assert freed and freed[0].details["pid"] == listener.pid
+        assert freed and freed[0].details["pid"] == listener.pid and freed[0].details["forced"]
     finally:
         for proc in (listener, client):
             proc.kill()

@@ -1,10 +1,11 @@
 """A small HTTP API with a health endpoint."""
 
 import json
+import os
 import pathlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-PORT = 8077
+PORT = int(os.environ.get("PORT", "8077"))  # taskmux assigns it (port = "auto")
 
 
 class Handler(BaseHTTPRequestHandler):

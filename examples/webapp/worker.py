@@ -1,10 +1,13 @@
 """A worker that polls the API."""
 
 import json
+import os
 import time
 import urllib.request
 
+API = f"http://127.0.0.1:{os.environ.get('TASKMUX_PORT_API', '8077')}/"
+
 while True:
-    with urllib.request.urlopen("http://127.0.0.1:8077/") as response:
+    with urllib.request.urlopen(API) as response:
         print("worker got:", json.loads(response.read())["greeting"], flush=True)
     time.sleep(3)
