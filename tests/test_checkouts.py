@@ -337,3 +337,16 @@ def test_monitors_in_both_checkouts_never_kill_each_others_server(project: Works
         assert events_of(first, "exited", "api") == []
     finally:
         end_processes(procs)
+
+
+def test_inspect_shows_the_url_and_remove_releases_an_assigned_port(project: Workspace) -> None:
+    project.write(AUTO_API)
+    facade = project.open()
+    assert start(facade, "api").ok  # type: ignore[attr-defined]
+    port = status_of(facade, "api").port
+    seen = anyio.run(lambda: facade.inspect("api"))
+    assert seen.status.url == f"http://127.0.0.1:{port}/" and seen.status.port == port
+    assert project.cli("stop", "api").returncode == 0
+    done = project.cli("remove", "api")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(facade.paths.ports.read_text()) == {}
