@@ -39,13 +39,14 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .budget import REPLY_BUDGET
 from .config import CONFIG_FILENAME
-from .errors import ConfigError, TaskmuxError, UnknownTask
+from .errors import ArgumentError, ConfigError, TaskmuxError, UnknownTask
 from .events import Cause, EventType
 from .models import BaseModel, EventRecord
 from .monitor import Monitor
 from .operations import OPERATIONS, Call, Operation, perform
 from .overview import all_projects_async
 from .project import Project, ProjectSlot
+from .terminal import cut_line
 
 log = logging.getLogger("taskmux.mcp")
 
@@ -76,6 +77,7 @@ MONITOR_RETRY_S: Final = 2.0
 HEARTBEAT_S: Final = 5.0
 SHUTDOWN_GRACE_S: Final = 5.0
 LOG_FILE_BYTES: Final = 1_000_000
+LOG_MESSAGE_CHARS: Final = 2000
 MAX_MESSAGE: Final = 4 * 1024 * 1024
 
 LOG_LEVELS: Final[tuple[types.LoggingLevel, ...]] = get_args(types.LoggingLevel)
@@ -235,6 +237,19 @@ async def wait_for_project(slot: ProjectSlot, peer: Peer) -> Project:
         await anyio.sleep(PROJECT_RETRY_S)
 
 
+class CutLongMessages(logging.Filter):
+    """Cuts each log message to LOG_MESSAGE_CHARS: a client may send megabyte names, and the
+    SDK logs failed calls with them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep the record, its message cut."""
+        message = record.getMessage()
+        if len(message) > LOG_MESSAGE_CHARS:
+            record.msg = cut_line(message, LOG_MESSAGE_CHARS)
+            record.args = None
+        return True
+
+
 def attach_log_file(state_dir: Path) -> None:
     """Also write server logs to <state dir>/mcp-server.log (once per process)."""
     path = str(state_dir / "mcp-server.log")
@@ -252,6 +267,7 @@ def attach_log_file(state_dir: Path) -> None:
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     )
+    handler.addFilter(CutLongMessages())
     root.addHandler(handler)
 
 
@@ -437,7 +453,7 @@ def register_resources(server: MCPServer[Any], slot: ProjectSlot) -> None:
         try:
             project = slot.get()
             return await perform(project, name, raw, Call(Cause.AGENT), budget=REPLY_BUDGET)
-        except UnknownTask as exc:
+        except (UnknownTask, ArgumentError) as exc:  # no such task, or no usable task name
             raise ResourceNotFoundError(str(exc)) from exc
         except TaskmuxError as exc:
             raise ResourceError(explained(exc, slot)) from exc
@@ -752,6 +768,7 @@ def setup_logging() -> None:
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(CutLongMessages())
     root.addHandler(handler)
     wanted = os.environ.get("TASKMUX_LOG_LEVEL", "INFO").upper()
     try:

@@ -329,7 +329,9 @@ def _ending(action: str) -> Runner:
 
 
 async def _down(project: Project, args: Mapping[str, Any], call: Call) -> BaseModel:
-    return await project.down(cause=call.cause, progress=call.progress)
+    return await project.down(
+        cause=call.cause, progress=call.progress, release_ports=args["release_ports"]
+    )
 
 
 async def _logs(project: Project, args: Mapping[str, Any], call: Call) -> BaseModel:
@@ -436,7 +438,16 @@ OPERATIONS: dict[str, Operation] = {
             "Stop every task, remove the project's tmux session (its windows, the monitor "
             'there, the log writers) and release the ports assigned to `port = "auto"` '
             "tasks. Logs and events are kept.",
-            (),
+            (
+                Param(
+                    "release_ports",
+                    Kind.BOOLEAN,
+                    "release the ports assigned to this "
+                    'checkout\'s `port = "auto"` tasks (false: keep them for the next start)',
+                    default=True,
+                    negation="--keep-ports",
+                ),
+            ),
             ActionResult,
             _down,
             read_only=False,

@@ -679,7 +679,11 @@ class Project:
         return self._action_result(results)
 
     async def down(
-        self, *, cause: Cause | None = None, progress: Progress | None = None
+        self,
+        *,
+        cause: Cause | None = None,
+        progress: Progress | None = None,
+        release_ports: bool = True,
     ) -> ActionResult:
         """Stop every task, then remove the project's session (windows left, the hosted
         monitor, log writers) and release its assigned ports."""
@@ -691,7 +695,7 @@ class Project:
                 await self.backend.kill_session(snap.session)
             except TmuxError as exc:
                 warnings.append(f"session {snap.session} could not be removed: {exc}")
-        released = self.ports.release()
+        released = self.ports.release() if release_ports else []
         done = f"session {snap.session} removed" if snap.session else "no session was left"
         if released:
             done += "; assigned ports released: " + ", ".join(released)
