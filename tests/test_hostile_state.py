@@ -51,6 +51,7 @@ from support import (
 
 from taskmux_mcp.mcp_server import build_server
 from taskmux_mcp.models import TaskState
+from taskmux_mcp.processes import is_running
 from taskmux_mcp.project import Project as Facade
 
 CRASH_WORDS = ("internal error", "traceback", "failed unexpectedly", "exceptiongroup")
@@ -517,7 +518,7 @@ HOLD_S = 1.0
 
 async def freeze_writer_until_the_pane_dies(sup: Facade, task: str, run: int) -> None:
     """SIGSTOP the log writer of a task's run as soon as it exists; SIGCONT it a second after
-    tmux reports the pane dead (the output then sits in the pipe, not yet on disk: only the
+    the run's process ended (its output then sits in the pipe, not yet on disk: only the
     flush barrier makes a verdict built meanwhile complete)."""
     lock = Path(str(sup.logs.path(task)) + ".lock")
     with anyio.fail_after(10):
@@ -532,7 +533,7 @@ async def freeze_writer_until_the_pane_dies(sup: Facade, task: str, run: int) ->
         with anyio.fail_after(10):
             while True:
                 pane = (await sup.backend.snapshot()).panes.get(task)
-                if pane is not None and pane.run == run and pane.dead:
+                if pane is not None and pane.run == run and not is_running(pane.pid):
                     break
                 await anyio.sleep(0.02)
         await anyio.sleep(HOLD_S)  # the fault: a writer frozen past its pane's death
