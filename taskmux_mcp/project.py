@@ -238,6 +238,19 @@ class Project:
             return self.ports.assigned().get(name)
         return port
 
+    def all_ports(self) -> dict[str, int]:
+        """Every task's port that is known (fixed, or assigned), from one read of the book."""
+        book: dict[str, int] | None = None
+        found = {}
+        for name, task in self.config.tasks.items():
+            if task.port == "auto":
+                book = self.ports.assigned() if book is None else book
+                if name in book:
+                    found[name] = book[name]
+            elif task.port is not None:
+                found[name] = task.port
+        return found
+
     async def assign_ports(self) -> dict[str, int]:
         """Give every `port = "auto"` task of the project its port, if it has none yet."""
         auto = [n for n, t in self.config.tasks.items() if t.port == "auto"]
@@ -250,12 +263,10 @@ class Project:
 
     def port_env(self) -> dict[str, str]:
         """TASKMUX_PORT_<TASK> for every task that has a port."""
-        env = {}
-        for name in self.config.tasks:
-            port = self.port_of(name)
-            if port is not None:
-                env["TASKMUX_PORT_" + name.upper().replace("-", "_")] = str(port)
-        return env
+        return {
+            "TASKMUX_PORT_" + name.upper().replace("-", "_"): str(port)
+            for name, port in self.all_ports().items()
+        }
 
     def health_url_of(self, name: str) -> str | None:
         """The task's health_url with $PORT and ${TASKMUX_PORT_<TASK>} filled in."""
@@ -263,9 +274,9 @@ class Project:
         if url is None:
             return None
         ports = self.port_env()
-        own = self.port_of(name)
+        own = ports.get("TASKMUX_PORT_" + name.upper().replace("-", "_"))
         if own is not None:
-            ports["PORT"] = str(own)
+            ports["PORT"] = own
         return expand_ports(url, ports)
 
     def env_file_values(self, name: str) -> tuple[dict[str, str], list[str]]:
