@@ -396,6 +396,15 @@ def cmd_add(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("taskmux-mcp")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def _port_arg(text: str) -> int | str:
     if text == "auto":
         return text
@@ -616,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run and watch a project's dev tasks in tmux.",
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"taskmux {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], helptext: str,

@@ -87,11 +87,14 @@ class TaskConfig(BaseModel):
     depends_on: tuple[str, ...] = ()
     health_check: _Text | None = None
     health_url: _Text | None = None
+    health_expected_status: tuple[int, ...] = ()
+    health_expected_body: _Text | None = None
     health_interval: _PositiveSeconds = 10.0
     health_timeout: _PositiveSeconds = 5.0
     health_retries: Annotated[int, Field(ge=1, strict=True)] = 3
     health_start_period: _Seconds = 10.0
     stop_grace_period: _Seconds = 5.0
+    stop_signal: str = "SIGINT"
     restart_policy: RestartPolicy = RestartPolicy.ON_FAILURE
     max_restarts: Annotated[int, Field(ge=0, strict=True)] = 5
     restart_backoff: _Seconds = 2.0
@@ -401,6 +404,37 @@ def _restart_policy(value: object) -> RestartPolicy:
     return RestartPolicy(value)
 
 
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL")
+
+
+def _stop_signal(value: object) -> str:
+    listed = ", ".join(f'"{name}"' for name in STOP_SIGNALS)
+    if isinstance(value, str):
+        name = value.strip().upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        if name in STOP_SIGNALS:
+            return name
+    raise _Invalid(f"must be one of {listed}, got {_describe(value)}")
+
+
+def _expected_status(value: object) -> tuple[int, ...]:
+    codes = value if isinstance(value, list) else [value]
+    what = "an HTTP status code from 100 to 599, or a list of them"
+    if not codes or any(isinstance(c, bool) or not isinstance(c, int) or not 100 <= c <= 599
+                        for c in codes):  # fmt: skip
+        raise _expect(what, value)
+    return tuple(dict.fromkeys(codes))
+
+
+def _regex(value: object) -> str:
+    text = _text(value)
+    try:
+        re.compile(text)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise _Invalid(f"is not a valid regular expression: {exc}") from None
+    return text
+
+
 def _port(value: object) -> int | str:
     if value == "auto":
         return "auto"
@@ -453,11 +487,14 @@ _TASK_CHECKS: dict[str, _Check] = {
     "depends_on": _string_list,
     "health_check": _text,
     "health_url": _url,
+    "health_expected_status": _expected_status,
+    "health_expected_body": _regex,
     "health_interval": _number(positive=True),
     "health_timeout": _number(positive=True),
     "health_retries": _integer(1),
     "health_start_period": _number(positive=False),
     "stop_grace_period": _number(positive=False),
+    "stop_signal": _stop_signal,
     "restart_policy": _restart_policy,
     "max_restarts": _integer(0),
     "restart_backoff": _number(positive=False),

@@ -283,6 +283,10 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     return int(fields[1]), headers
 
 
+def _status_ok(status: int, expected: tuple[int, ...]) -> bool:
+    return status in expected if expected else 200 <= status < 400
+
+
 async def _read_body(
     buffered: BufferedByteReceiveStream, headers: Mapping[str, str], into: bytearray
 ) -> None:
@@ -324,8 +328,15 @@ async def _open_stream(target: _Target) -> anyio.abc.ByteStream:
     return await anyio.connect_tcp(target.host, target.port)
 
 
-async def probe_http(url: str, *, timeout: float) -> ProbeOutcome:
-    """GET the URL without following redirects; a 2xx or 3xx answer = healthy."""
+async def probe_http(
+    url: str,
+    *,
+    timeout: float,
+    expected_status: tuple[int, ...] = (),
+    expected_body: str | None = None,
+) -> ProbeOutcome:
+    """GET the URL without following redirects; healthy = a 2xx or 3xx answer (or one of
+    expected_status), whose body (its first 8 KiB) matches expected_body when given."""
     started = time.perf_counter()
 
     def outcome(healthy: bool, detail: str) -> ProbeOutcome:
@@ -351,7 +362,7 @@ async def probe_http(url: str, *, timeout: float) -> ProbeOutcome:
                     buffered = BufferedByteReceiveStream(stream)
                     head = await buffered.receive_until(b"\r\n\r\n", _HEAD_LIMIT)
                     status, headers = _parse_head(head)
-                    if not 200 <= status < 400:
+                    if not _status_ok(status, expected_status) or expected_body is not None:
                         await _read_body(buffered, headers, body)
                 except (anyio.EndOfStream, anyio.IncompleteRead):
                     error = f"{where} closed the connection without a complete HTTP answer"
@@ -362,8 +373,12 @@ async def probe_http(url: str, *, timeout: float) -> ProbeOutcome:
                 except (OSError, ssl.SSLError, anyio.BrokenResourceError) as exc:
                     error = _connect_error(exc, where)
     if status is not None:
-        healthy = 200 <= status < 400
-        snippet = "" if healthy else " ".join(_clean_text(bytes(body)).split())[:_BODY_SNIPPET]
+        healthy = _status_ok(status, expected_status)
+        text = _clean_text(bytes(body))
+        snippet = "" if healthy else " ".join(text.split())[:_BODY_SNIPPET]
+        if healthy and expected_body is not None and not re.search(expected_body, text):
+            shown = " ".join(text.split())[:_BODY_SNIPPET]
+            return outcome(False, f"HTTP {status}, body does not match {expected_body!r}: {shown}")
         return outcome(healthy, f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}")
     if error is not None:
         return outcome(False, error)
@@ -403,6 +418,8 @@ async def probe_checks(
     health_check: str | None,
     health_url: str | None,
     port: int | None,
+    expected_status: tuple[int, ...] = (),
+    expected_body: str | None = None,
     cwd: Path,
     env: Mapping[str, str],
     timeout: float,
@@ -412,7 +429,14 @@ async def probe_checks(
     if health_check:
         probes.append(lambda: probe_command(health_check, cwd=cwd, env=env, timeout=timeout))
     if health_url:
-        probes.append(lambda: probe_http(health_url, timeout=timeout))
+        probes.append(
+            lambda: probe_http(
+                health_url,
+                timeout=timeout,
+                expected_status=expected_status,
+                expected_body=expected_body,
+            )
+        )
     if not probes:
         if port is None:
             return None

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -273,12 +275,18 @@ async def stop(
         pane_pid = pane.pid if alive and pane is not None else None
 
         async def interrupt() -> None:
-            if alive and pane is not None:
-                await project.backend.interrupt(pane.pane_id)
+            if not alive or pane is None:
+                return
+            if task.stop_signal == "SIGINT":
+                await project.backend.interrupt(pane.pane_id)  # C-c, as a person would
+            elif pane.pid is not None:
+                with contextlib.suppress(OSError):
+                    os.killpg(os.getpgid(pane.pid), signal.Signals[task.stop_signal])
 
         outcome = await processes.stop_tree(
-            pane_pid, project.task_id(name), interrupt=interrupt, grace=task.stop_grace_period
-        )
+            pane_pid, project.task_id(name), interrupt=interrupt, grace=task.stop_grace_period,
+            first=task.stop_signal,
+        )  # fmt: skip
         after = await wait_dead(project, name) if alive else pane
         exit_record = None
         if alive and after is not None and after.dead:

@@ -262,11 +262,13 @@ async def stop_tree(
     *,
     interrupt: Callable[[], Awaitable[None]],
     grace: float,
+    first: str = "SIGINT",
     term_grace: float = 3.0,
     kill_wait: float = 3.0,
     poll: float = 0.05,
 ) -> StopOutcome:
-    """Stop a task: interrupt(), wait grace; SIGTERM, wait; SIGKILL, wait; done when none remain."""
+    """Stop a task: interrupt() (which sends `first`), wait grace; SIGTERM, wait; SIGKILL,
+    wait; done when none remain."""
     started = time.monotonic()
 
     def outcome(remaining: list[ProcessInfo], used: str) -> StopOutcome:
@@ -286,7 +288,7 @@ async def stop_tree(
         root_pid, task_id, timeout=grace, poll=poll, resend=None, signalled=set()
     )
     if not procs:
-        return outcome([], "SIGINT")
+        return outcome([], first)
 
     signalled = {p.pid for p in procs}
     signal_all(procs, signal.SIGTERM)

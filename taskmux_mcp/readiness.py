@@ -38,6 +38,8 @@ async def probe(project: Project, name: str) -> ProbeOutcome | None:
         health_check=task.health_check,
         health_url=project.health_url_of(name),
         port=project.port_of(name),
+        expected_status=task.health_expected_status,
+        expected_body=task.health_expected_body,
         cwd=task.working_dir(project.config.root),
         env=project.task_env(name),
         timeout=task.health_timeout,

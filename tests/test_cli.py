@@ -349,3 +349,9 @@ def test_the_cli_does_not_import_the_mcp_sdk() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_version_is_printed(project: Workspace) -> None:
+    done = project.cli("--version")
+    assert done.returncode == 0 and done.stdout.startswith("taskmux "), done
+    assert done.stdout.split()[1][0].isdigit(), done.stdout

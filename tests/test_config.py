@@ -151,11 +151,14 @@ def test_defaults_equal_spec_table(tmp_path: Path) -> None:
         "depends_on": (),
         "health_check": None,
         "health_url": None,
+        "health_expected_status": (),
+        "health_expected_body": None,
         "health_interval": 10,
         "health_timeout": 5,
         "health_retries": 3,
         "health_start_period": 10,
         "stop_grace_period": 5,
+        "stop_signal": "SIGINT",
         "restart_policy": RestartPolicy.ON_FAILURE,
         "max_restarts": 5,
         "restart_backoff": 2.0,
@@ -965,3 +968,23 @@ def test_runtime_problems_clean_for_real_project(tmp_path: Path) -> None:
     )
     assert runtime_problems(load_config(write(tmp_path, text))) == []
     assert os.access(tmp_path / "check.sh", os.X_OK)
+
+
+def test_stop_signal_is_validated_and_spelled_one_way(tmp_path: Path) -> None:
+    text = '[tasks.a]\ncommand = "x"\nstop_signal = "term"\n'
+    cfg = parse_config(text, tmp_path / CONFIG_FILENAME)
+    assert cfg.task("a").stop_signal == "SIGTERM"
+    problem = only_problem('[tasks.a]\ncommand = "x"\nstop_signal = "SIGFOO"\n', tmp_path)
+    assert problem.key == "stop_signal" and '"SIGQUIT"' in problem.message, problem
+
+
+def test_expected_status_and_body_are_validated(tmp_path: Path) -> None:
+    text = '[tasks.a]\ncommand = "x"\nhealth_expected_status = [200, 204]\n'
+    assert parse_config(text, tmp_path / CONFIG_FILENAME).task("a").health_expected_status == (
+        200,
+        204,
+    )
+    bad = only_problem('[tasks.a]\ncommand = "x"\nhealth_expected_status = 99\n', tmp_path)
+    assert bad.key == "health_expected_status" and "from 100 to 599" in bad.message
+    regex = only_problem('[tasks.a]\ncommand = "x"\nhealth_expected_body = "(x"\n', tmp_path)
+    assert regex.key == "health_expected_body" and "regular expression" in regex.message

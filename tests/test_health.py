@@ -255,6 +255,26 @@ async def test_http_503_reports_body_snippet(http_base: str) -> None:
 
 
 @pytest.mark.anyio
+async def test_http_expected_status_replaces_the_2xx_3xx_rule(http_base: str) -> None:
+    down = await probe_http(f"{http_base}/down", timeout=5, expected_status=(503,))
+    assert down.healthy and down.detail == "HTTP 503", down
+    ok = await probe_http(f"{http_base}/ok", timeout=5, expected_status=(204, 503))
+    assert not ok.healthy and ok.detail.startswith("HTTP 200"), ok
+
+
+@pytest.mark.anyio
+async def test_http_expected_body_must_match(http_base: str) -> None:
+    down = await probe_http(
+        f"{http_base}/down", timeout=5, expected_status=(503,), expected_body=r"database is \w+"
+    )
+    assert down.healthy, down
+    wrong = await probe_http(
+        f"{http_base}/down", timeout=5, expected_status=(503,), expected_body="all good"
+    )
+    assert not wrong.healthy and "body does not match 'all good'" in wrong.detail, wrong
+
+
+@pytest.mark.anyio
 async def test_http_chunked_error_body(http_base: str) -> None:
     out = await probe_http(f"{http_base}/chunked", timeout=5)
     assert not out.healthy

@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
-from support import Workspace, status_of, wait_until
+from support import Workspace, events_of, status_of, wait_until
 
 from taskmux_mcp.models import TaskState
 from taskmux_mcp.project import Project as Facade
@@ -460,3 +460,22 @@ def test_restart_does_not_rerun_a_completed_one_shot_dependency(project: Workspa
     assert (project.root / "runs.txt").read_text() == "migrating\nmigrating\n"
     inspected = anyio.run(lambda: sup.inspect("api"))
     assert inspected.log_tail == ["api up"]
+
+
+def test_stop_signal_is_the_first_signal_of_the_stop(project: Workspace) -> None:
+    project.write(
+        """
+        [tasks.api]
+        command = "trap 'echo got-term; exit 0' TERM; trap '' INT; while :; do sleep 0.05; done"
+        stop_signal = "SIGTERM"
+        stop_grace_period = 20
+        """
+    )
+    sup = project.open()
+    assert anyio.run(lambda: sup.start(["api"], timeout=20)).ok
+    stopped = anyio.run(lambda: sup.stop(["api"]))
+    assert stopped.ok and stopped.tasks[0].duration_s is not None, stopped
+    assert stopped.tasks[0].duration_s < 10, stopped  # not the 20 s grace: SIGTERM came first
+    assert stopped.tasks[0].exit_code == 0, stopped
+    assert any("got-term" in line.text for line in sup.logs_sync(["api"]).lines)
+    assert events_of(sup, "stopped", "api")[0]["signal"] == "SIGTERM"
