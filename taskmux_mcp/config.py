@@ -452,6 +452,11 @@ def _env_file(value: object) -> tuple[str, ...]:
         raise _expect("a path, a list of paths, or false (no env file)", value)
     if any(not v.strip() or "\0" in v for v in value):
         raise _Invalid("must not hold an empty path or a NUL character")
+    for v in value:
+        try:
+            Path(v).expanduser()
+        except RuntimeError:
+            raise _Invalid(f"cannot expand {v!r}: no such user's home folder") from None
     return tuple(dict.fromkeys(value))
 
 

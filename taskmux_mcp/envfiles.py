@@ -46,8 +46,10 @@ def read_env_file(path: Path, base: Mapping[str, str]) -> EnvFile:
     for binding in parse_stream(io.StringIO(text)):
         line = binding.original.line
         if binding.error:
-            shown = (binding.original.string.strip().splitlines() or [""])[0][:60]
-            problems.append((line, f"cannot be parsed: {shown!r} (expected NAME=value)"))
+            first = (binding.original.string.strip().splitlines() or [""])[0]
+            name = first.split("=", 1)[0].strip()[:60] if "=" in first else ""
+            shown = f" (at {name}=…)" if name.isidentifier() else ""  # never the value: a secret
+            problems.append((line, f"cannot be parsed{shown}; expected NAME=value"))
             continue
         if binding.key is None or binding.value is None:
             continue  # a comment, a blank line, or a bare NAME (which sets nothing)

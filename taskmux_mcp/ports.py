@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import socket
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -60,8 +61,9 @@ class PortBook:
         """Task → port, as assigned so far."""
         return read_book(self.path)
 
-    async def assign(self, tasks: Iterable[str]) -> dict[str, int]:
-        """Give each task without a port one; every assignment of this checkout."""
+    async def assign(self, tasks: Iterable[str], reserved: Iterable[int] = ()) -> dict[str, int]:
+        """Give each task without a port one (never a reserved one, e.g. the project's fixed
+        ports); every assignment of this checkout."""
         book = self.assigned()
         wanted = [t for t in tasks if t not in book]
         if not wanted:
@@ -70,7 +72,7 @@ class PortBook:
         await lock.acquire(BOOK_LOCK_S, task=wanted[0])
         try:
             book = self.assigned()
-            taken = self._taken_elsewhere() | set(book.values())
+            taken = self._taken_elsewhere() | set(book.values()) | set(reserved)
             for task in wanted:
                 if task not in book:
                     book[task] = self._pick(task, taken)
@@ -82,14 +84,22 @@ class PortBook:
 
     def release(self, tasks: Iterable[str] | None = None) -> list[str]:
         """Forget the ports of these tasks (default: all); the tasks released."""
-        book = self.assigned()
-        gone = [t for t in (book if tasks is None else tasks) if t in book]
-        if gone:
-            for task in gone:
-                del book[task]
-            with contextlib.suppress(OSError):
-                write_atomic(self.path, json.dumps(book, sort_keys=True).encode())
-        return gone
+        lock = FileLock(self.path.parent.parent / "ports.lock", "releasing ports")
+        deadline = time.monotonic() + BOOK_LOCK_S
+        with contextlib.suppress(OSError):
+            while not lock.try_acquire() and time.monotonic() < deadline:
+                time.sleep(0.02)  # held for milliseconds by an assignment
+        try:
+            book = self.assigned()
+            gone = [t for t in (book if tasks is None else tasks) if t in book]
+            if gone:
+                for task in gone:
+                    del book[task]
+                with contextlib.suppress(OSError):
+                    write_atomic(self.path, json.dumps(book, sort_keys=True).encode())
+            return gone
+        finally:
+            lock.release()
 
     def _taken_elsewhere(self) -> set[int]:
         taken: set[int] = set()

@@ -256,8 +256,9 @@ class Project:
         auto = [n for n, t in self.config.tasks.items() if t.port == "auto"]
         if not auto:
             return {}
+        fixed = [t.port for t in self.config.tasks.values() if isinstance(t.port, int)]
         try:
-            return await self.ports.assign(auto)
+            return await self.ports.assign(auto, reserved=fixed)
         except OSError as exc:
             raise StateWriteError(f"cannot assign ports (in {self.paths.ports}): {exc}") from exc
 

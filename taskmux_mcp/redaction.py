@@ -22,6 +22,10 @@ SECRET_NAME_RE = re.compile(
     re.IGNORECASE,
 )
 MIN_SECRET = 4
+IDENTIFIERS = frozenset(
+    {"name", "task", "project", "session", "config_path", "checkout", "url", "log_path",
+     "depends_on", "blocked_by", "window_id", "pane_id"}
+)  # fmt: skip
 _PLAIN_RE = re.compile(r"[+-]?\d+(\.\d+)?|true|false|yes|no|on|off|null|none", re.IGNORECASE)
 _PORT_REF_RE = re.compile(
     r"\$(?:\{(PORT|TASKMUX_PORT_[A-Z0-9_]+)\}|(PORT|TASKMUX_PORT_[A-Z0-9_]+)\b)"
@@ -48,8 +52,10 @@ class Redactor:
     def __init__(self, secrets: Mapping[str, str]) -> None:
         names: dict[str, str] = {}
         for name, value in secrets.items():
-            if len(value) >= MIN_SECRET and not _PLAIN_RE.fullmatch(value.strip()):
-                names.setdefault(value, name)
+            lines = [line.strip() for line in value.splitlines()] if "\n" in value else []
+            for part in [value, *lines]:  # output is read a line at a time
+                if len(part) >= MIN_SECRET and not _PLAIN_RE.fullmatch(part.strip()):
+                    names.setdefault(part, name)
         self._names = names
         ordered = sorted(names, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
@@ -64,13 +70,14 @@ class Redactor:
         return self._pattern.sub(lambda m: f"[redacted:{self._names[m[0]]}]", text)
 
     def data(self, value: Any) -> Any:
-        """A copy of JSON-like data with every string redacted."""
+        """A copy of JSON-like data with every string redacted but identifiers (task and
+        project names, sessions, paths, URLs), which agents act on and are never secrets."""
         if self._pattern is None:
             return value
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
-            return {k: self.data(v) for k, v in value.items()}
+            return {k: v if k in IDENTIFIERS else self.data(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [self.data(v) for v in value]
         return value

@@ -350,3 +350,26 @@ def test_inspect_shows_the_url_and_remove_releases_an_assigned_port(project: Wor
     done = project.cli("remove", "api")
     assert done.returncode == 0, done.stderr
     assert json.loads(facade.paths.ports.read_text()) == {}
+
+
+def test_redaction_keeps_identifiers_and_a_malformed_line_never_shows_its_value(
+    project: Workspace,
+) -> None:
+    (project.root / ".env").write_text("APP=shopfront\nHOST_NAME=localhost-box\n")
+    project.write(
+        """
+        [tasks.shopfront]
+        command = "echo serving shopfront; sleep 100000"
+        """
+    )
+    facade = project.open()
+    assert start(facade, "shopfront").ok  # type: ignore[attr-defined]
+    shown = json.loads(project.cli("status", "--json").stdout)
+    assert shown["tasks"][0]["name"] == "shopfront"  # an identifier, never redacted
+    wait_until(lambda: facade.logs_sync(["shopfront"]).lines)
+    logs = json.loads(project.cli("logs", "shopfront", "--json").stdout)
+    assert "serving [redacted:APP]" in json.dumps(logs), logs
+    (project.root / ".env").write_text('SECRET_TOKEN="hunter2-very-secret\n')
+    done = project.cli("check")
+    assert done.returncode == 2 and "hunter2" not in done.stdout + done.stderr, done
+    assert "SECRET_TOKEN" in done.stdout + done.stderr

@@ -101,7 +101,9 @@ def assert_consistent(project: Workspace, name: str) -> None:
     assert done.returncode == 0, done.stderr
     task = next(t for t in json.loads(done.stdout)["tasks"] if t["name"] == name)
     marked = project.task_pids()
-    if task["state"] in ("running", "starting", "unhealthy"):
+    if task["state"] == "starting" and task["pid"] is None:
+        assert marked == [], (task, marked)  # a launch under way (or interrupted): no process yet
+    elif task["state"] in ("running", "starting", "unhealthy"):
         assert task["pid"] in marked, (task, marked)
     else:
         assert marked == [], (task, marked)
