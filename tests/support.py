@@ -265,6 +265,19 @@ def end_processes(procs: list[subprocess.Popen[bytes]]) -> None:
                 proc.wait()
 
 
+def marked(sup: Facade, task: str) -> list[int]:
+    """Live processes carrying the task's marker (its whole process tree, wherever it went)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            ours = proc.environ().get("TASKMUX_TASK_ID") == sup.task_id(task)
+            if ours and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return sorted(found)
+
+
 def status_of(sup: Facade, name: str) -> TaskStatus:
     """The current status of one task."""
     return next(t for t in sup.status_sync().tasks if t.name == name)

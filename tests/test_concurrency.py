@@ -37,6 +37,7 @@ from support import (
     Workspace,
     end_processes,
     events_of,
+    marked,
     run_monitor,
     slot_for,
     status_of,
@@ -156,19 +157,6 @@ def hosted_monitor_ready(sup: Facade) -> bool:
 def policy_exits(sup: Facade, task: str) -> list[dict[str, object]]:
     """`exited` events the monitor recorded for a task (an exit it took for a crash)."""
     return [e for e in events_of(sup, "exited", task) if e["_cause"] == "policy"]
-
-
-def marked(sup: Facade, task: str) -> list[int]:
-    """Live processes carrying the task's marker (its whole process tree, wherever it went)."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            ours = proc.environ().get("TASKMUX_TASK_ID") == sup.task_id(task)
-            if ours and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc.pid)
-        except (psutil.Error, OSError):
-            continue
-    return sorted(found)
 
 
 def cmdlines(pids: list[int]) -> list[str]:

@@ -43,6 +43,7 @@ from support import (
     Workspace,
     end_processes,
     events_of,
+    marked,
     run_monitor,
     slot_for,
     status_of,
@@ -126,19 +127,6 @@ def cli_json(project: Workspace, *args: str) -> tuple[int, dict[str, Any]]:
     assert out.strip(), err
     answer: dict[str, Any] = json.loads(out)
     return code, answer
-
-
-def marked(sup: Facade, task: str) -> list[int]:
-    """Live processes carrying the task's marker (its whole process tree, wherever it went)."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            ours = proc.environ().get("TASKMUX_TASK_ID") == sup.task_id(task)
-            if ours and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc.pid)
-        except (psutil.Error, OSError):
-            continue
-    return sorted(found)
 
 
 def running_pid(sup: Facade, task: str) -> int:
