@@ -260,7 +260,12 @@ async def test_kill_tree(spawner: Spawner) -> None:
 def test_process_tree_puts_parents_first(spawner: Spawner) -> None:
     task = spawner.task_id()
     root = spawner.shell("sh -c 'sleep 1001; true' & sleep 1002 & wait", task)
-    tree = wait_for(lambda: (t := process_tree(root.pid, task)) and len(t) == 4 and t)
+
+    def settled() -> list[Any] | None:  # four processes, the inner child past its exec
+        t = process_tree(root.pid, task)
+        return t if len(t) == 4 and any(p.cmdline == "sleep 1001" for p in t) else None
+
+    tree = wait_for(settled)
     position = {p.pid: i for i, p in enumerate(tree)}
     assert tree[0].pid == root.pid
     for p in tree:
