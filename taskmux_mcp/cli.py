@@ -143,7 +143,7 @@ def format_status(result: StatusResult) -> str:
             [
                 task.name,
                 state,
-                task.health.value,
+                task.health.value if task.checked else "no check",
                 str(task.pid or "-"),
                 str(task.port or "-"),
                 _age(task.uptime_s),
@@ -153,6 +153,7 @@ def format_status(result: StatusResult) -> str:
         )
     lines = [head, format_table(rows)]
     lines += [f"  {t.name}: {t.error}" for t in result.tasks if t.error]
+    lines += [f"warning: {w}" for w in result.warnings]
     return "\n".join(lines)
 
 
@@ -445,11 +446,15 @@ def cmd_check(args: argparse.Namespace) -> int:
                     "config_path": str(cfg.config_path),
                     "tasks": list(cfg.tasks),
                     "problems": [str(p) for p in problems],
+                    "warnings": list(cfg.warnings),
                 },
                 indent=2,
             )
         )
-    elif problems:
+        return EXIT_USAGE if problems else EXIT_OK
+    for warning in cfg.warnings:
+        print(f"{cfg.config_path}: warning: {warning}", file=sys.stderr)
+    if problems:
         print(f"{cfg.config_path}: {len(problems)} problem(s):", file=sys.stderr)
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)

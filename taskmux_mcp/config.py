@@ -47,6 +47,14 @@ class RestartPolicy(StrEnum):
     ALWAYS = "always"
 
 
+class Condition(StrEnum):
+    """What a dependent waits for in a dependency (docker compose's depends_on conditions)."""
+
+    STARTED = "started"
+    HEALTHY = "healthy"
+    COMPLETED = "completed"
+
+
 _Seconds = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
 _PositiveSeconds = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
 _Name = Annotated[str, Field(pattern=f"^{NAME_PATTERN}$")]
@@ -84,7 +92,12 @@ class TaskConfig(BaseModel):
     env_file: tuple[str, ...] | None = None
     port: Annotated[int, Field(ge=1, le=65535, strict=True)] | Literal["auto"] | None = None
     auto_start: StrictBool = True
+    oneshot: StrictBool = False
     depends_on: tuple[str, ...] = ()
+    conditions: dict[str, Condition] = Field(
+        default_factory=dict, description="depends_on's long form: the condition per dependency"
+    )
+    ready_log: _Text | None = None
     health_check: _Text | None = None
     health_url: _Text | None = None
     health_expected_status: tuple[int, ...] = ()
@@ -98,11 +111,20 @@ class TaskConfig(BaseModel):
     restart_policy: RestartPolicy = RestartPolicy.ON_FAILURE
     max_restarts: Annotated[int, Field(ge=0, strict=True)] = 5
     restart_backoff: _Seconds = 2.0
+    log_max_bytes: Annotated[int, Field(ge=1024, strict=True)] | None = None
+    log_max_files: Annotated[int, Field(ge=1, strict=True)] | None = None
     hooks: HooksConfig = HooksConfig()
 
     def has_check(self) -> bool:
-        """Whether any readiness check applies: health_check, health_url, or port."""
-        return bool(self.health_check or self.health_url or self.port is not None)
+        """Whether a readiness check applies: ready_log, health_check, health_url, or port."""
+        checks = self.ready_log or self.health_check or self.health_url or self.port is not None
+        return bool(checks) and not self.oneshot
+
+    def condition(self, dep: str, dependency: TaskConfig) -> Condition:
+        """What this task waits for in `dependency` (long form, else completed/healthy)."""
+        if dep in self.conditions:
+            return self.conditions[dep]
+        return Condition.COMPLETED if dependency.oneshot else Condition.HEALTHY
 
     def working_dir(self, root: Path) -> Path:
         """The task's working directory: cwd resolved against root (the config's folder)."""
@@ -142,6 +164,14 @@ class ProjectConfig(BaseModel):
     tasks: dict[str, TaskConfig] = Field(default_factory=dict)
     logs: LogsConfig = LogsConfig()
     bridge: BridgeConfig = BridgeConfig()
+    warnings: tuple[str, ...] = Field(
+        default=(),
+        description="keys read but ignored, and settings that may not mean what they did",
+    )
+
+    def condition(self, name: str, dep: str) -> Condition:
+        """What task `name` waits for in its dependency `dep`."""
+        return self.task(name).condition(dep, self.task(dep))
 
     def task(self, name: str) -> TaskConfig:
         """The task called `name`; UnknownTask when there is none."""
@@ -460,6 +490,77 @@ def _env_file(value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
+_CONDITION_ALIASES = {
+    "service_started": Condition.STARTED,
+    "service_healthy": Condition.HEALTHY,
+    "service_completed_successfully": Condition.COMPLETED,
+    "process_started": Condition.STARTED,
+    "process_healthy": Condition.HEALTHY,
+    "process_completed_successfully": Condition.COMPLETED,
+    "process_completed": Condition.COMPLETED,
+    "completed_successfully": Condition.COMPLETED,
+}
+_DEPENDS_FORMS = (
+    'an array of task names or tables, like ["db", { task = "migrate", condition = "completed" }]'
+)
+
+
+def _condition(value: object) -> Condition:
+    valid = [c.value for c in Condition]
+    if isinstance(value, str) and value in _CONDITION_ALIASES:
+        return _CONDITION_ALIASES[value]
+    if isinstance(value, str) and value in valid:
+        return Condition(value)
+    hint = ""
+    if isinstance(value, str) and (close := difflib.get_close_matches(value, valid, 1)):
+        hint = f"; did you mean '{close[0]}'?"
+    listed = ", ".join(f'"{v}"' for v in valid)
+    raise _Invalid(f"condition must be one of {listed}, got {_describe(value)}{hint}")
+
+
+def _depends_on(value: object) -> dict[str, Condition | None]:
+    if isinstance(value, dict):  # docker compose's map form: { db = { condition = "..." } }
+        value = [{"task": k, **v} if isinstance(v, dict) else {"task": k} for k, v in value.items()]
+    if not isinstance(value, list):
+        raise _expect(_DEPENDS_FORMS, value)
+    found: dict[str, Condition | None] = {}
+    for item in value:
+        if isinstance(item, str):
+            found.setdefault(item, None)
+            continue
+        if not isinstance(item, dict) or not isinstance(item.get("task"), str):
+            raise _expect(_DEPENDS_FORMS + ' (a table needs task = "NAME")', value)
+        if extra := [k for k in item if k not in ("task", "condition")]:
+            raise _Invalid(
+                f"entry for '{item['task']}' has unknown key {_quote(extra[0])}; "
+                "an entry has task and condition"
+            )
+        found[item["task"]] = _condition(item["condition"]) if "condition" in item else None
+    return found
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3,
+               "GB": 1024**3}  # fmt: skip
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+
+
+def _size(value: object) -> int:
+    what = 'a size such as "10MB", "500KB" or a number of bytes (at least 1024)'
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif (
+        isinstance(value, str)
+        and (m := _SIZE_RE.fullmatch(value))
+        and (m[2].upper() in _SIZE_UNITS)
+    ):
+        size = int(float(m[1]) * _SIZE_UNITS[m[2].upper()])
+    else:
+        raise _expect(what, value)
+    if size < 1024:
+        raise _expect(what, value)
+    return size
+
+
 def _string_list(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _expect('an array of strings (like ["a", "b"])', value)
@@ -489,7 +590,9 @@ _TASK_CHECKS: dict[str, _Check] = {
     "env_file": _env_file,
     "port": _port,
     "auto_start": _bool,
-    "depends_on": _string_list,
+    "oneshot": _bool,
+    "depends_on": _depends_on,
+    "ready_log": _regex,
     "health_check": _text,
     "health_url": _url,
     "health_expected_status": _expected_status,
@@ -505,7 +608,30 @@ _TASK_CHECKS: dict[str, _Check] = {
     "restart_backoff": _number(positive=False),
 }
 _TASK_KEYS = (*_TASK_CHECKS, "hooks")
+_HEALTH_KEYS = ("ready_log", "health_check", "health_url", "health_expected_status",
+                "health_expected_body")  # fmt: skip
 _TOP_KEYS = ("name", "auto_start", "env_file", "hooks", "tasks", "logs", "bridge")
+# Keys of taskmux 0.3.1 and 0.9 files: read as ours where they mean the same...
+_LEGACY_TASK_CHECKS: dict[str, _Check] = {
+    "boot_grace": _number(positive=False),
+    "health_retries_tcp": _integer(1),
+    "log_max_size": _size,
+    "log_max_files": _integer(1),
+}
+# ...and accepted with a warning where nothing here does what they did.
+_IGNORED_TASK_KEYS = {
+    "host": "taskmux 0.9's proxy host name (no proxy here: use port)",
+    "host_path": "taskmux 0.9's proxy path",
+    "tunnel": "taskmux 0.9's public tunnel",
+    "public_hostname": "taskmux 0.9's public tunnel host name",
+    "log_file": "logs are kept in the state folder (read them with `taskmux logs`)",
+}
+_IGNORED_TOP_KEYS = {
+    "auto_daemon": "taskmux 0.9's background daemon (run `taskmux daemon` or an MCP client)",
+    "auto_inject_agents": "taskmux 0.9's agent file editing (see `taskmux mcp-config`)",
+    "worktree": "taskmux 0.9's worktree naming (each checkout gets its own state here)",
+    "tunnel": "taskmux 0.9's public tunnels",
+}
 _LOGS_CHECKS: dict[str, _Check] = {"max_bytes": _integer(1024), "max_files": _integer(1)}
 _BRIDGE_CHECKS: dict[str, _Check] = {"allowed_origins": _string_list}
 _TASK_KEY_ALIASES = {
@@ -575,6 +701,35 @@ class _Validator:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.problems: list[ConfigProblem] = []
+        self.ignored: dict[tuple[str, bool], list[str]] = {}
+
+    def ignore(self, key: str, task: str | None) -> None:
+        owners = self.ignored.setdefault((key, task is not None), [])
+        if task is not None:
+            owners.append(task)
+
+    def warnings(self, tasks: Mapping[str, TaskConfig]) -> tuple[str, ...]:
+        found = []
+        for (key, in_task), owners in self.ignored.items():
+            if in_task:
+                plural = "s" if len(owners) > 1 else ""
+                where = f" in task{plural} {', '.join(owners)}: {_IGNORED_TASK_KEYS[key]}"
+            else:
+                where = f": {_IGNORED_TOP_KEYS[key]}"
+            found.append(f"ignored key '{key}'{where}")
+        for task in tasks.values():
+            if task.oneshot or task.has_check() or task.restart_policy is not RestartPolicy.NO:
+                continue
+            users = [t.name for t in tasks.values() if task.name in t.depends_on]
+            if users and all(
+                tasks[u].condition(task.name, task) is Condition.HEALTHY for u in users
+            ):
+                found.append(
+                    f"task '{task.name}' (restart_policy \"no\", no check) is a long-running task: "
+                    f"{', '.join(users)} start once it has run a second; if it is a setup step "
+                    "they must wait for, add oneshot = true"
+                )
+        return tuple(found)
 
     def problem(self, message: str, task: str | None = None, key: str | None = None) -> None:
         self.problems.append(ConfigProblem(message, task=task, key=key))
@@ -630,7 +785,11 @@ class _Validator:
                 return f"unknown key '{key}'; task settings go in a [tasks.NAME] table"
             return None
 
-        self.unknown_keys(raw, _TOP_KEYS, None, hint=top_hint)
+        for key in _IGNORED_TOP_KEYS:
+            if key in raw:
+                self.ignore(key, None)
+        known = {k: v for k, v in raw.items() if k not in _IGNORED_TOP_KEYS}
+        self.unknown_keys(known, _TOP_KEYS, None, hint=top_hint)
         name = default_project_name(self.path.parent)
         if "name" in raw:
             try:
@@ -664,10 +823,12 @@ class _Validator:
             if task is not None:
                 tasks[task_name] = task
         self.graph(deps)
+        self.conditions(tasks)
         if self.problems:
             raise ConfigError(self.path, self.problems)
         try:
             config = ProjectConfig(
+                warnings=self.warnings(tasks),
                 name=name,
                 config_path=self.path,
                 root=self.path.parent,
@@ -718,13 +879,24 @@ class _Validator:
                 )
             return None
 
-        self.unknown_keys(body, _TASK_KEYS, name, hint=task_hint)
+        for key in _IGNORED_TASK_KEYS:
+            if key in body:
+                self.ignore(key, name)
+        legacy = (*_LEGACY_TASK_CHECKS, *_IGNORED_TASK_KEYS)
+        ours = {k: v for k, v in body.items() if k not in legacy}
+        self.unknown_keys(ours, _TASK_KEYS, name, hint=task_hint)
         if "command" not in body:
             self.problem("missing required key 'command' (the shell command to run)", name)
         values = self.fields(body, _TASK_CHECKS, name)
+        self.legacy(values, self.fields(body, _LEGACY_TASK_CHECKS, name))
         hooks = self.hooks(body, name)
         values.setdefault("auto_start", auto_start)
-        deps[name] = values.get("depends_on", ())
+        dependencies = values.pop("depends_on", {})
+        values["depends_on"] = tuple(dependencies)
+        values["conditions"] = {dep: c for dep, c in dependencies.items() if c is not None}
+        deps[name] = values["depends_on"]
+        if values.get("oneshot"):
+            self.oneshot(values, name)
         if len(self.problems) > before or not NAME_RE.fullmatch(name):
             return None
         try:
@@ -732,6 +904,49 @@ class _Validator:
         except ValidationError as exc:
             self.problems.extend(_pydantic_problems(exc, name))
             return None
+
+    @staticmethod
+    def legacy(values: dict[str, Any], legacy: Mapping[str, Any]) -> None:
+        """taskmux 0.3/0.9 keys that mean one of ours (ours win when both are given)."""
+        if "boot_grace" in legacy:
+            values.setdefault("health_start_period", legacy["boot_grace"])
+        if "health_retries_tcp" in legacy and not (values.get("health_check") or
+                                                   values.get("health_url")):  # fmt: skip
+            values.setdefault("health_retries", legacy["health_retries_tcp"])
+        if "log_max_size" in legacy:
+            values["log_max_bytes"] = legacy["log_max_size"]
+        if "log_max_files" in legacy:
+            values["log_max_files"] = legacy["log_max_files"]
+
+    def oneshot(self, values: dict[str, Any], name: str) -> None:
+        """A one-shot step succeeds by exiting 0: no health check, never restarted always."""
+        if values.get("restart_policy") is RestartPolicy.ALWAYS:
+            self.problem(
+                'a oneshot task runs to completion: use restart_policy "no" (the default for it) '
+                'or "on-failure" (run it again until it succeeds)',
+                name,
+                "restart_policy",
+            )
+        values.setdefault("restart_policy", RestartPolicy.NO)
+        for key in _HEALTH_KEYS:
+            if key in values:
+                self.problem(
+                    f"a oneshot task succeeds by exiting 0 and has no health check: remove {key}, "
+                    "or remove oneshot for a long-running task",
+                    name,
+                    key,
+                )
+
+    def conditions(self, tasks: Mapping[str, TaskConfig]) -> None:
+        for task in tasks.values():
+            for dep, condition in task.conditions.items():
+                if condition is Condition.HEALTHY and dep in tasks and tasks[dep].oneshot:
+                    self.problem(
+                        f"'{dep}' is a oneshot task: it completes and is never healthy; "
+                        'use condition = "completed"',
+                        task.name,
+                        "depends_on",
+                    )
 
     def graph(self, deps: Mapping[str, tuple[str, ...]]) -> None:
         known = list(deps)

@@ -47,6 +47,7 @@ class ProbeMethod(StrEnum):
     COMMAND = "command"
     HTTP = "http"
     TCP = "tcp"
+    LOG = "log"
     PROCESS = "process"
 
 

@@ -28,7 +28,7 @@ from .events import Cause, EventType
 from .hooks import run_hook
 from .models import TaskResult, TaskState
 from .policy import Decision
-from .records import ExitRecord, StopKind, TaskRecord
+from .records import ExitRecord, Phase, StopKind, TaskRecord, observe
 
 if TYPE_CHECKING:
     from .locks import FileLock
@@ -201,7 +201,7 @@ async def _spawn(
         command=task.command,
         cwd=task.working_dir(project.config.root),
         env=project.task_env(name, marked=True),
-        pipe=project.logs.pipe_command(name, run),
+        pipe=project.log_pipe(name, run),
     )
     pane = await project.spawn(spec)
     await project.ensure_hosted_monitor()
@@ -264,10 +264,13 @@ async def stop(
                 error=str(exc),
                 warnings=notes.items,
             )
+    # A run that ended on its own and will not be restarted keeps its verdict (exited, failed).
+    ended = not alive and project.records.get(name).phase in (Phase.EXITED, Phase.FAILED)
     with anyio.CancelScope(shield=True):
         # The record first: when its lock is busy (TaskBusy) nothing has changed yet.
-        await change(project, name, lambda r: records.stop(r, cause=cause, kind=kind), notes)
-        if pane is not None:
+        if not ended:
+            await change(project, name, lambda r: records.stop(r, cause=cause, kind=kind), notes)
+        if pane is not None and not ended:
             try:
                 await project.backend.mark_stop(pane.pane_id, kind.value)
             except TmuxError as exc:
@@ -307,7 +310,8 @@ async def stop(
                 record, cause=cause, exit=exit_record, restart_at=restart_at, failed=failed
             )
 
-        await change(project, name, finish, notes)
+        if not ended:
+            await change(project, name, finish, notes)
     if alive or outcome.signal_used != "none":
         event(
             project,
@@ -322,11 +326,14 @@ async def stop(
         )
     if alive and hooks and kind is StopKind.MANUAL:
         await task_hook(project, notes, "after_stop", task, cause)
+    state = TaskState.STOPPED if outcome.stopped else TaskState.RUNNING
+    if ended and outcome.stopped:
+        state = observe(task, project.records.get(name), after).state
     return TaskResult(
         name=name,
         ok=outcome.stopped,
         action="stopped" if alive else "already_stopped",
-        state=TaskState.STOPPED if outcome.stopped else TaskState.RUNNING,
+        state=state,
         exit_code=exit_record.code if exit_record else None,
         exit_signal=processes.describe_signal(exit_record.signal) if exit_record else None,
         error=None if outcome.stopped else f"processes left: {list(outcome.remaining)}",

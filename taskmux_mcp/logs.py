@@ -630,17 +630,27 @@ class LogStore:
             raise InvalidArgument(f"invalid task name for a log file: {task!r}")
         return self.log_dir / f"{task}.log"
 
-    def pipe_command(self, task: str, run: int, *, resume: bool = False) -> str:
+    def pipe_command(
+        self,
+        task: str,
+        run: int,
+        *,
+        resume: bool = False,
+        max_bytes: int | None = None,
+        max_files: int | None = None,
+    ) -> str:
         """The shell command for tmux pipe-pane ('#' escaped; creates the log folder).
 
         resume: a writer replacing one that died mid-run (it notes the gap, no start marker).
+        max_bytes, max_files: the task's own rotation, when it has one.
         """
         path = self.path(task)
         with contextlib.suppress(OSError):
             self.log_dir.mkdir(parents=True, exist_ok=True)
         argv = [*writer_argv(self.writer), str(path), str(run)]
         quoted = [shlex.quote(a).replace("#", "##") for a in argv]
-        words = ["exec", *quoted, "#{pane_pid}", str(self.max_bytes), str(self.max_files)]
+        rotation = [str(max_bytes or self.max_bytes), str(max_files or self.max_files)]
+        words = ["exec", *quoted, "#{pane_pid}", *rotation]
         return " ".join([*words, "resume"] if resume else words)
 
     def remove(self, task: str) -> None:
@@ -726,6 +736,10 @@ class LogStore:
         """Cleaned last `n` lines of the task's current run (for failure reports), cut."""
         tail = self.tail([task], lines=max(1, n), since="start", line_chars=LINE_CHARS)
         return [line.text for line in tail.lines]
+
+    def writer_run(self, task: str) -> int:
+        """The run that the task's log writer was last started for (0: none yet)."""
+        return self._writer(task)[2]
 
     def _writer(self, task: str) -> tuple[bool | None, int, int]:
         """Whether the log's writer lock is held, and the pid and run its last holder wrote."""
@@ -948,3 +962,19 @@ class _Follower:
             if not body:
                 return []
         return [(key, _log_line(self.task, kind, key, body))]
+
+
+def run_line_matching(store: LogStore, task: str, run: int, rx: re.Pattern[str]) -> str | None:
+    """The last line of run `run` of a task whose cleaned text matches `rx`, if any."""
+    found: str | None = None
+    with _Files(store.path(task)) as files:
+        for fi in range(len(files.fds) - 1, -1, -1):
+            for _, block in _blocks_back(files.fds[fi], files.sizes[fi], _TAIL_BLOCK):
+                for line in reversed(block.rstrip(b"\n").split(b"\n")):
+                    kind, _, body = _split(line)
+                    if kind == _MARKER:
+                        marked = _MARKER_RE.search(body)
+                        return found if marked and marked[1] == str(run).encode() else None
+                    if found is None and kind == _OUTPUT and rx.search(text := clean_text(body)):
+                        found = text
+    return found if store.writer_run(task) == run else None

@@ -60,6 +60,8 @@ class TaskStatus(BaseModel):
     url: str | None = Field(None, description="its health_url, ports filled in")
     uptime_s: float | None = None
     restart_policy: str
+    oneshot: bool = Field(False, description="a setup step: success is exit 0")
+    checked: bool = Field(False, description="whether a check decides its health")
     depends_on: list[str] = Field(default_factory=list)
     error: str | None = Field(None, description="why the task is failed, when it is")
 

@@ -571,9 +571,7 @@ class Monitor:
         project = self.project
         why = "its log writer died" if not pane.piped else "its log file was removed"
         run = pane.run or project.records.get(name).run
-        await project.backend.repipe(
-            pane.pane_id, project.logs.pipe_command(name, run, resume=True)
-        )
+        await project.backend.repipe(pane.pane_id, project.log_pipe(name, run, resume=True))
         project.events.record(
             EventType.LOG_WRITER_REPLACED,
             Cause.POLICY,

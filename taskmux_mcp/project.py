@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import anyio
 from . import lifecycle, processes, readiness, records
 from .backend import Launch, Pane, Snapshot
 from .clock import SYSTEM_CLOCK, Clock
-from .config import ProjectConfig, discover_config, load_config
+from .config import Condition, ProjectConfig, discover_config, load_config
 from .envfiles import load_env_files
 from .errors import (
     ConfigError,
@@ -168,7 +169,15 @@ class Project:
             config_path=config.config_path,
         )  # fmt: skip
         self.ports = PortBook(self.paths.ports, self.key)
+        self.ready_lines: dict[str, tuple[int, str]] = {}
         self._redactor: tuple[object, Redactor] | None = None
+
+    def log_pipe(self, name: str, run: int, *, resume: bool = False) -> str:
+        """The pipe-pane command that writes run `run` of a task to its log (its rotation)."""
+        task = self.config.task(name)
+        return self.logs.pipe_command(
+            name, run, resume=resume, max_bytes=task.log_max_bytes, max_files=task.log_max_files
+        )
 
     def _save_config(self) -> None:
         with contextlib.suppress(OSError):
@@ -406,6 +415,8 @@ class Project:
             url=self.health_url_of(name),
             uptime_s=uptime,
             restart_policy=str(task.restart_policy),
+            oneshot=task.oneshot,
+            checked=task.has_check(),
             depends_on=list(task.depends_on),
             error=record.failed if record.phase is Phase.FAILED else None,
         )
@@ -414,7 +425,7 @@ class Project:
         """Every task's state, from one tmux call and the records (no lock is taken)."""
         names = self._names(tasks)
         snap = self.backend.snapshot_sync()
-        warnings = []
+        warnings = [f"taskmux.toml: {w}" for w in self.config.warnings]
         rows = []
         for name in names:
             read = self.records.read(name)
@@ -486,7 +497,12 @@ class Project:
             raise InvalidArgument("timeout must be between 0 and 86400 seconds")
         config = self.config
         closure = config.with_dependencies(requested)
-        needed = {dep for name in closure for dep in config.task(name).depends_on}
+        needed = {
+            dep
+            for name in closure
+            for dep in config.task(name).depends_on
+            if config.condition(name, dep) is not Condition.STARTED
+        }
         deadline = time.monotonic() + timeout
         env = {"TASKMUX_PROJECT": config.name}
         try:
@@ -499,15 +515,14 @@ class Project:
             )
             failed = [self._failure(name, str(exc)) for name in requested]
             return ActionResult(ok=False, tasks=failed, message=str(exc))
-        done = {name: anyio.Event() for name in closure}
-        results: dict[str, TaskResult] = {}
+        run = _StartRun(closure)
+        results = run.results
 
         async def bring_up(name: str) -> None:
             try:
                 results[name] = await self._bring_up(
                     name,
-                    done,
-                    results,
+                    run,
                     wait=wait or name in needed,
                     deadline=deadline,
                     cause=cause,
@@ -519,7 +534,8 @@ class Project:
             except TaskmuxError as exc:
                 results[name] = self._failure(name, str(exc))
             finally:
-                done[name].set()
+                run.launched[name].set()
+                run.done[name].set()
 
         async with anyio.create_task_group() as group:
             for name in closure:
@@ -550,8 +566,7 @@ class Project:
     async def _bring_up(
         self,
         name: str,
-        done: Mapping[str, anyio.Event],
-        results: Mapping[str, TaskResult],
+        run: _StartRun,
         *,
         wait: bool,
         deadline: float,
@@ -564,16 +579,8 @@ class Project:
         task = self.config.task(name)
         began = time.monotonic()
         for dep in task.depends_on:
-            with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
-                await done[dep].wait()
-            dep_result = results.get(dep)
-            if dep_result is None or not dep_result.ok:
-                why = (
-                    f"timed out waiting for dependency '{dep}'"
-                    if dep_result is None
-                    else f"dependency '{dep}' did not come up: "
-                    f"{dep_result.error or dep_result.state.value}"
-                )
+            why = await self._unmet(dep, self.config.condition(name, dep), run, deadline)
+            if why is not None:
                 return await self._blocked(name, why, dep, held)
         owned = held is not None and name in held
         lock = held.pop(name) if held is not None and owned else None
@@ -592,6 +599,8 @@ class Project:
             if pane is not None and not pane.dead:
                 action = "already_running"
                 await lifecycle.adopt(self, name, pane, cause, notes)
+                run.launches[name] = TaskResult(name=name, ok=True, action=action,
+                                                state=TaskState.RUNNING, pid=pane.pid)  # fmt: skip
             else:
                 if lock is None:
                     raise StateWriteError(
@@ -610,11 +619,14 @@ class Project:
                         duration_s=round(time.monotonic() - began, 2),
                         warnings=notes.items,
                     )
+                run.launches[name] = TaskResult(name=name, ok=True, action=action,
+                                                state=TaskState.STARTING, pid=pane.pid)  # fmt: skip
                 if progress is not None:
                     await progress(f"{name}: started (pid {pane.pid})")
         finally:
             if lock is not None:
                 lock.release()
+            run.launched[name].set()
         if not wait:
             seen = observe(task, self.records.get(name), pane)
             return TaskResult(
@@ -626,6 +638,27 @@ class Project:
         if progress is not None:
             await progress(f"{name}: {result.state.value}")
         return result
+
+    async def _unmet(
+        self, dep: str, condition: Condition, run: _StartRun, deadline: float
+    ) -> str | None:
+        """Why dependency `dep` does not meet `condition` by the deadline; None once it does."""
+        started = condition is Condition.STARTED
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+            await (run.launched if started else run.done)[dep].wait()
+        result = (run.launches.get(dep) if started else None) or run.results.get(dep)
+        if result is None:
+            return f"timed out waiting for dependency '{dep}' to be {condition.value}"
+        if not result.ok:
+            return f"dependency '{dep}' did not come up: {result.error or result.state.value}"
+        finished = result.state is TaskState.EXITED and result.exit_code == 0
+        if condition is not Condition.COMPLETED or finished:
+            return None
+        began = time.monotonic()
+        ended = await readiness.await_ready(self, dep, "completed", deadline, began, finish=True)
+        if ended.ok:
+            return None
+        return f"dependency '{dep}' did not complete: {ended.error or ended.state.value}"
 
     async def _blocked(
         self, name: str, why: str, dep: str, held: dict[str, FileLock | None] | None
@@ -647,6 +680,7 @@ class Project:
         record = self.records.get(name)
         return (
             readiness.is_one_shot(self, name)
+            and record.config_digest == lifecycle.task_digest(self.config.task(name))
             and pane.exit_status == 0
             and pane.exit_signal is None
             and not record.manually_stopped
@@ -1023,6 +1057,21 @@ def _shell_quote(word: str) -> str:
     import shlex
 
     return shlex.quote(word)
+
+
+@dataclass
+class _StartRun:
+    """What the tasks of one start know of each other: launched, done, their results."""
+
+    closure: Sequence[str]
+    launched: dict[str, anyio.Event] = field(init=False)
+    done: dict[str, anyio.Event] = field(init=False)
+    launches: dict[str, TaskResult] = field(default_factory=dict)
+    results: dict[str, TaskResult] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.launched = {name: anyio.Event() for name in self.closure}
+        self.done = {name: anyio.Event() for name in self.closure}
 
 
 class ProjectSlot:

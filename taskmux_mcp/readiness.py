@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -10,10 +11,12 @@ import anyio
 from . import records
 from .backend import Pane
 from .events import Cause, EventType
-from .health import ProbeOutcome, probe_checks
+from .health import ProbeMethod, ProbeOutcome, probe_checks
 from .lifecycle import drain
+from .logs import run_line_matching
 from .models import Health, TaskResult, TaskState
 from .records import CheckRecord, Observed, TaskRecord, observe
+from .terminal import cut_line
 
 if TYPE_CHECKING:
     from .project import Project
@@ -24,17 +27,41 @@ LOG_TAIL_LINES = 15
 
 
 def is_one_shot(project: Project, name: str) -> bool:
-    """A task run to completion: restart policy "no" and nothing to probe."""
-    from .config import RestartPolicy
+    """A task run to completion (`oneshot = true`): success is exit 0."""
+    return project.config.task(name).oneshot
 
-    task = project.config.task(name)
-    return task.restart_policy is RestartPolicy.NO and not task.has_check()
+
+def ready_line(project: Project, name: str, run: int) -> str | None:
+    """The line of run `run` that matched the task's ready_log (remembered once seen)."""
+    pattern = project.config.task(name).ready_log
+    if pattern is None:
+        return None
+    seen = project.ready_lines.get(name)
+    if seen is not None and seen[0] == run:
+        return seen[1]
+    line = run_line_matching(project.logs, name, run, re.compile(pattern))
+    if line is not None:
+        project.ready_lines[name] = (run, line)
+    return line
 
 
 async def probe(project: Project, name: str) -> ProbeOutcome | None:
-    """Run the task's checks once, without recording anything."""
+    """Run the task's checks once (its ready_log first), without recording anything."""
     task = project.config.task(name)
-    return await probe_checks(
+    if task.oneshot:
+        return None
+    logged: ProbeOutcome | None = None
+    if task.ready_log is not None:
+        run = project.records.get(name).run
+        began = time.perf_counter()
+        line = await anyio.to_thread.run_sync(ready_line, project, name, run)
+        elapsed = round((time.perf_counter() - began) * 1000, 1)
+        if line is None:
+            detail = f"no line of run {run} matches ready_log {task.ready_log!r} yet"
+            return ProbeOutcome(False, ProbeMethod.LOG, detail, elapsed)
+        logged = ProbeOutcome(True, ProbeMethod.LOG, f"ready_log matched: {cut_line(line, 200)}",
+                              elapsed)  # fmt: skip
+    outcome = await probe_checks(
         health_check=task.health_check,
         health_url=project.health_url_of(name),
         port=project.port_of(name),
@@ -44,6 +71,13 @@ async def probe(project: Project, name: str) -> ProbeOutcome | None:
         env=project.task_env(name),
         timeout=task.health_timeout,
     )
+    if logged is None or outcome is None:
+        return outcome or logged
+    detail = f"{logged.detail}; {outcome.method} {'ok' if outcome.healthy else 'failed'}: " + (
+        outcome.detail
+    )
+    return ProbeOutcome(outcome.healthy, outcome.method, detail,
+                        logged.duration_ms + outcome.duration_ms)  # fmt: skip
 
 
 async def check(
@@ -100,10 +134,14 @@ def _exit_text(seen: Observed) -> str:
 
 
 async def await_ready(
-    project: Project, name: str, action: str, deadline: float, began: float
+    project: Project, name: str, action: str, deadline: float, began: float, *, finish: bool = False
 ) -> TaskResult:
-    """Poll until the task is healthy or settled, has exited, or the deadline passes."""
+    """Poll until the task is healthy or settled, has exited, or the deadline passes.
+
+    finish: wait for its exit even when it is a long-running task (as one-shot tasks are waited).
+    """
     task = project.config.task(name)
+    finish = finish or task.oneshot
     last_check: ProbeOutcome | None = None
     while True:
         snap = await project.backend.snapshot()
@@ -138,7 +176,7 @@ async def await_ready(
                 duration_s=elapsed,
             )
         alive_for = project.clock.now() - (record.started_at or project.clock.now())
-        if task.has_check():
+        if task.has_check() and not finish:
             last_check = await check(project, name, record, cause=None)
             record = project.records.get(name)
             if record.health is Health.HEALTHY:
@@ -146,12 +184,12 @@ async def await_ready(
             if record.health is Health.UNHEALTHY:
                 why = "health check failing"
                 return _result(project, name, pane, "not_ready", False, elapsed, why, last_check)
-        elif not is_one_shot(project, name) and alive_for >= SETTLE_S:
+        elif not finish and alive_for >= SETTLE_S:
             return _result(project, name, pane, action, True, elapsed)
         if time.monotonic() >= deadline:
-            what = "to become healthy" if task.has_check() else "to finish"
-            if not task.has_check() and not is_one_shot(project, name):
-                what = "to settle"
+            what = (
+                "to finish" if finish else "to become healthy" if task.has_check() else "to settle"
+            )
             why = f"timed out waiting {what}"
             return _result(project, name, pane, "not_ready", False, elapsed, why, last_check)
         await anyio.sleep(min(READY_POLL_S, max(0.0, deadline - time.monotonic())))

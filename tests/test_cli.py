@@ -29,7 +29,7 @@ def test_start_status_stop_round_trip_with_json_shapes(project: Workspace) -> No
         command = "echo api up; sleep 1000"
         [tasks.setup]
         command = "echo done"
-        restart_policy = "no"
+        oneshot = true
         """
     )
     started = project.cli("--json", "start")

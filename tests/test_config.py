@@ -162,6 +162,11 @@ def test_defaults_equal_spec_table(tmp_path: Path) -> None:
         "restart_policy": RestartPolicy.ON_FAILURE,
         "max_restarts": 5,
         "restart_backoff": 2.0,
+        "oneshot": False,
+        "conditions": {},
+        "ready_log": None,
+        "log_max_bytes": None,
+        "log_max_files": None,
         "hooks": HooksConfig().model_dump(),
     }
     assert task.working_dir(cfg.root) == cfg.root
@@ -331,8 +336,8 @@ def test_misplaced_keys_get_a_pointed_hint(tmp_path: Path) -> None:
         ("port = 80.0", "port", "got 80.0 (a number)"),
         ("env = { A = 1 }", "env", 'value of A must be a string (quote it: A = "1")'),
         ('env = "A=1"', "env", "must be a table of strings"),
-        ('depends_on = "db"', "depends_on", 'must be an array of strings (like ["a", "b"])'),
-        ("depends_on = [1]", "depends_on", "must be an array of strings"),
+        ('depends_on = "db"', "depends_on", "must be an array of task names or tables"),
+        ("depends_on = [1]", "depends_on", "must be an array of task names or tables"),
         ("health_interval = -1", "health_interval", "a number of seconds > 0, got -1"),
         ("health_interval = 0", "health_interval", "a number of seconds > 0, got 0"),
         ("health_timeout = nan", "health_timeout", "got nan"),

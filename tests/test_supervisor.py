@@ -441,7 +441,7 @@ def test_restart_does_not_rerun_a_completed_one_shot_dependency(project: Workspa
         """
         [tasks.setup]
         command = "echo migrating >> runs.txt"
-        restart_policy = "no"
+        oneshot = true
         [tasks.api]
         command = "echo api up; sleep 1000"
         depends_on = ["setup"]

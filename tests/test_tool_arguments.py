@@ -47,7 +47,7 @@ health_check = "true"
 stop_grace_period = 0.5
 [tasks.done]
 command = "echo done-output"
-restart_policy = "no"
+oneshot = true
 """
 CASES: Counter[str] = Counter()
 OUTCOMES: Counter[tuple[str, bool]] = Counter()
