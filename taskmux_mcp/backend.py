@@ -35,6 +35,7 @@ class Pane:
     run: int | None = None
     stop_mark: str | None = None
     piped: bool = True
+    interrupt: str | None = field(default=None, compare=False)
 
     @property
     def alive(self) -> bool:

@@ -31,7 +31,10 @@ from .models import (
     LogLine,
     LogsResult,
     ProjectsResult,
+    ScreenResult,
+    SendResult,
     StatusResult,
+    WaitResult,
 )
 from .operations import OPERATIONS, Call, Kind, Operation, Param, perform
 from .project import Project
@@ -202,6 +205,28 @@ def format_action(result: ActionResult) -> str:
     return "\n".join(lines)
 
 
+def format_send(result: SendResult) -> str:
+    """Human view of send."""
+    keys = f", then {' '.join(result.keys)}" if result.keys else ""
+    return f"typed {result.typed_chars} character(s) into {result.task}{keys}"
+
+
+def format_screen(result: ScreenResult) -> str:
+    """Human view of screen: its rows, then where the cursor is."""
+    foot = (
+        f"-- {result.task} ({result.state.value}): cursor at column {result.cursor_x}, "
+        f"row {result.cursor_y} of a {result.width}x{result.height} screen"
+    )
+    return "\n".join([*result.lines, foot])
+
+
+def format_wait(result: WaitResult) -> str:
+    """Human view of wait: the matching line, or why none came."""
+    if result.ok:
+        return "\n".join([*(f"  {line}" for line in result.before), f"> {result.line}"])
+    return "\n".join([f"{result.task}: {result.error}", *(f"    | {t}" for t in result.log_tail)])
+
+
 def format_health(result: HealthResult) -> str:
     """Human view of health."""
     rows = [["TASK", "HEALTHY", "METHOD", "MS", "DETAIL"]]
@@ -297,6 +322,8 @@ def _exit_for(result: BaseModel) -> int:
         return EXIT_OK if all(r.healthy is not False for r in result.tasks) else EXIT_FAILED
     if isinstance(result, GrepResult):
         return EXIT_OK if result.matches else EXIT_FAILED
+    if isinstance(result, WaitResult):
+        return EXIT_OK if result.ok else EXIT_FAILED
     return EXIT_OK
 
 
@@ -311,6 +338,9 @@ FORMATS: dict[str, Callable[[argparse.Namespace], Callable[[Any], str]]] = {
     "inspect": lambda args: format_inspect,
     "events": lambda args: format_events,
     "grep": lambda args: format_grep,
+    "send": lambda args: format_send,
+    "screen": lambda args: format_screen,
+    "wait_for": lambda args: format_wait,
     "logs": lambda args: lambda r: format_logs(r, prefix=len(args.tasks) != 1),
 }
 
@@ -581,7 +611,15 @@ def add_operation(parser: argparse.ArgumentParser, op: Operation) -> None:
                 help=_help(param),
             )  # fmt: skip
         elif param.kind is Kind.NAME or (param.kind is Kind.TEXT and not param.flags):
-            parser.add_argument(param.name, metavar=param.metavar, help=_help(param))
+            parser.add_argument(
+                param.name, metavar=param.metavar, help=_help(param),
+                nargs=None if param.required else "?", default=None,
+            )  # fmt: skip
+        elif param.kind is Kind.WORDS:
+            parser.add_argument(
+                *param.flags, dest=param.name, action="append", default=None,
+                metavar=param.metavar, help=_help(param) + " (repeat it for more)",
+            )  # fmt: skip
         elif param.kind is Kind.BOOLEAN:
             if param.negation:
                 parser.add_argument(
@@ -641,9 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("init", cmd_init, "create taskmux.toml and an agent note")
     p.add_argument("--defaults", action="store_true", help="do not ask; write what was detected")
-    aliases = {"status": ("ls", "list")}
+    aliases = {"status": ("ls", "list"), "wait_for": ("wait-for", "wait_for")}
     for op in OPERATIONS.values():
-        p = command(op.name, cmd_operation, op.title.lower(), aliases.get(op.name, ()))
+        p = command(op.cli or op.name, cmd_operation, op.title.lower(), aliases.get(op.name, ()))
         p.set_defaults(operation=op)
         add_operation(p, op)
         if op.name == "status":

@@ -61,6 +61,7 @@ class EventType(StrEnum):
     MONITOR_STARTED = "monitor_started"
     RECORD_REPAIRED = "record_repaired"
     LOG_WRITER_REPLACED = "log_writer_replaced"
+    INPUT_SENT = "input_sent"
 
 
 class Cause(StrEnum):

@@ -978,3 +978,20 @@ def run_line_matching(store: LogStore, task: str, run: int, rx: re.Pattern[str])
                     if found is None and kind == _OUTPUT and rx.search(text := clean_text(body)):
                         found = text
     return found if store.writer_run(task) == run else None
+
+
+class LineWatch:
+    """The lines written to one task's log from now on (rotation followed)."""
+
+    def __init__(self, store: LogStore, task: str) -> None:
+        self._follower = _Follower(task, store.path(task))
+        with _Files(self._follower.path) as files:
+            self._follower.attach(files)
+
+    def new_lines(self) -> list[LogLine]:
+        """Complete lines (and a settled partial one) written since the last call."""
+        return [line for _, line in self._follower.poll()]
+
+    def close(self) -> None:
+        """Let go of the log file."""
+        self._follower.close()

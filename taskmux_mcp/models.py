@@ -100,6 +100,7 @@ class TaskResult(BaseModel):
         default_factory=list, description="last log lines of this run (on failure, after restart)"
     )
     duration_s: float | None = None
+    matched_line: str | None = Field(None, description="the line that `wait_for` waited for")
     warnings: list[str] = Field(
         default_factory=list, description="what could not be saved (full disk, read-only state)"
     )
@@ -235,3 +236,41 @@ class ProjectsResult(BaseModel):
     """Every taskmux project on the tmux server (every checkout of every project)."""
 
     projects: list[ProjectOverview]
+
+
+class SendResult(BaseModel):
+    """What was typed into a task's pane."""
+
+    task: str
+    pid: int | None = None
+    typed_chars: int = Field(description="characters of text typed literally")
+    keys: list[str] = Field(default_factory=list, description="named keys pressed after the text")
+
+
+class ScreenResult(BaseModel):
+    """A task's visible screen, now."""
+
+    task: str
+    state: TaskState
+    lines: list[str] = Field(description="the screen's rows as plain text, trailing blanks cut")
+    cursor_x: int
+    cursor_y: int
+    width: int
+    height: int
+
+
+class WaitResult(BaseModel):
+    """How waiting for a line of a task's output ended."""
+
+    task: str
+    ok: bool = Field(description="true when a line matched")
+    outcome: str = Field(description="matched, exited, not_running or timeout")
+    line: str | None = Field(None, description="the matching line")
+    time: datetime | None = None
+    before: list[str] = Field(default_factory=list, description="the lines just before it")
+    state: TaskState
+    exit_code: int | None = None
+    exit_signal: str | None = None
+    error: str | None = None
+    log_tail: list[str] = Field(default_factory=list, description="last lines, when none matched")
+    waited_s: float

@@ -45,7 +45,7 @@ from .policy import (
 )
 from .processes import describe_signal
 from .project import Project
-from .records import ExitRecord, Phase, Read, StopKind, TaskRecord
+from .records import ExitRecord, Phase, Read, StopKind, TaskRecord, interrupted_by
 
 log = logging.getLogger("taskmux.monitor")
 
@@ -388,6 +388,14 @@ class Monitor:
         if pane is not None and pane.stop_mark == StopKind.MANUAL.value:
             await self._finish_unsaved_stop(name, pane)
             return
+        if (who := interrupted_by(pane)) is not None and pane is not None:
+            await lifecycle.drain(project, name, pane)
+            await self._finish_unsaved_stop(name, pane, who)
+            project.events.record(
+                EventType.STOPPED, who, name, stop="interrupt", exit_code=pane.exit_status,
+                signal=describe_signal(pane.exit_signal), run=record.run,
+            )  # fmt: skip
+            return
         if pane is None:
             observation = Observation(Seen.VANISHED)
         else:
@@ -428,16 +436,16 @@ class Monitor:
         elif decision.action is Action.RESTART:
             self._expect(now + decision.delay_s)
 
-    async def _finish_unsaved_stop(self, name: str, pane: Pane) -> None:
-        """A manual stop whose record could not be saved (full or read-only state folder): its
-        pane carries the mark, so it is recorded as the stop it was, never as an exit."""
+    async def _finish_unsaved_stop(self, name: str, pane: Pane, who: Cause = Cause.USER) -> None:
+        """A manual stop whose record could not be saved (full or read-only state folder), or
+        an interrupt typed by `who`: its pane says so; recorded as a stop, never as an exit."""
         exit = ExitRecord(code=pane.exit_status, signal=pane.exit_signal,
                           at=self.project.clock.now(), expected=True)  # fmt: skip
 
         def finish(record: TaskRecord) -> TaskRecord:
             # Who stopped it was not saved; a manual stop is always a person's.
-            stopping = records.stop(record, cause=Cause.USER, kind=StopKind.MANUAL)
-            return records.stopped(stopping, cause=Cause.USER, exit=exit)
+            stopping = records.stop(record, cause=who, kind=StopKind.MANUAL)
+            return records.stopped(stopping, cause=who, exit=exit)
 
         try:
             await self.project.records.change(name, finish)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ArgumentError
 from .events import Cause
+from .interactive import KEY_FORMS, MAX_KEYS, MAX_SCREEN_LINES, MAX_TEXT
 from .logs import MAX_CONTEXT, MAX_LINES, MAX_MATCHES, MAX_PATTERN
 from .models import (
     ActionResult,
@@ -24,7 +25,10 @@ from .models import (
     HealthResult,
     InspectResult,
     LogsResult,
+    ScreenResult,
+    SendResult,
     StatusResult,
+    WaitResult,
 )
 
 if TYPE_CHECKING:
@@ -35,6 +39,7 @@ MAX_NAME = 64
 MAX_SINCE = 64
 MAX_EVENTS = 10_000
 MAX_TIMEOUT = 86_400.0
+MAX_WORD = 32
 Progress = Callable[[str], Awaitable[None]]
 
 
@@ -47,6 +52,7 @@ class Kind(StrEnum):
     BOOLEAN = "boolean"
     NAME = "name"
     NAMES = "names"
+    WORDS = "words"
 
 
 class _Required:
@@ -90,6 +96,9 @@ class Param:
             out = {"type": "array", "items": item, "maxItems": MAX_NAMES}
             if self.min_items:
                 out["minItems"] = self.min_items
+        elif self.kind is Kind.WORDS:
+            item = {"type": "string", "maxLength": MAX_WORD}
+            out = {"type": "array", "items": item, "maxItems": self.max_length or MAX_NAMES}
         elif self.kind in (Kind.TEXT, Kind.NAME):
             out = {"type": "string", "maxLength": self.max_length or MAX_NAME}
         elif self.kind is Kind.BOOLEAN:
@@ -105,6 +114,8 @@ class Param:
         """The value, normalised; ArgumentError saying what is expected otherwise."""
         if self.kind is Kind.NAMES:
             return self._names(value)
+        if self.kind is Kind.WORDS:
+            return self._words(value)
         if self.kind in (Kind.TEXT, Kind.NAME):
             if self.kind is Kind.NAME and isinstance(value, list) and len(value) == 1:
                 value = value[0]
@@ -135,6 +146,17 @@ class Param:
         if any(len(v) > MAX_NAME for v in value):
             raise ArgumentError(f"{self.name}: a task name has at most {MAX_NAME} characters")
         return list(dict.fromkeys(value))
+
+    def _words(self, value: Any) -> list[str]:
+        if isinstance(value, str):
+            value = [value]
+        limit = self.max_length or MAX_NAMES
+        what = f"a list of at most {limit} strings of at most {MAX_WORD} characters"
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise self._wrong(what, value)
+        if len(value) > limit or any(len(v) > MAX_WORD for v in value):
+            raise ArgumentError(f"{self.name} must be {what}")
+        return list(value)
 
     def _number(self, value: Any) -> int | float:
         integer = self.kind is Kind.INTEGER
@@ -199,6 +221,7 @@ class Operation:
     idempotent: bool = True
     waits: bool = False
     needs_config: bool = False
+    cli: str | None = None
     by_name: dict[str, Param] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -281,6 +304,11 @@ FORCE_PORT = Param(
     "not this task's (without it, only the task's own leftovers are)", default=False,
     flags=("--force-port",),
 )  # fmt: skip
+WAIT_FOR = Param(
+    "wait_for", Kind.TEXT, "then wait until a line of each named task's current run matches "
+    "this Python regex (within the same timeout)", default=None, max_length=MAX_PATTERN,
+    flags=("--wait-for",), metavar="PATTERN",
+)  # fmt: skip
 SINCE = Param(
     "since",
     Kind.TEXT,
@@ -311,6 +339,7 @@ def _waiting(action: str) -> Runner:
             cause=call.cause,
             progress=call.progress,
             force_port=args["force_port"],
+            wait_for=args["wait_for"],
         )
         return result
 
@@ -357,6 +386,27 @@ async def _health(project: Project, args: Mapping[str, Any], call: Call) -> Base
     return await project.health(args["tasks"])
 
 
+async def _send(project: Project, args: Mapping[str, Any], call: Call) -> BaseModel:
+    return await project.send(
+        args["task"], args["text"], args["keys"], enter=args["enter"], cause=call.cause
+    )
+
+
+async def _screen(project: Project, args: Mapping[str, Any], call: Call) -> BaseModel:
+    return await project.screen(args["task"], lines=args["lines"])
+
+
+async def _wait_for(project: Project, args: Mapping[str, Any], call: Call) -> BaseModel:
+    return await project.wait_for(
+        args["task"], args["pattern"], timeout=args["timeout"], since=args["since"],
+        progress=call.progress,
+    )  # fmt: skip
+
+
+def _task(doc: str = "the task's name") -> Param:
+    return Param("task", Kind.NAME, doc, aliases=("tasks",), metavar="TASK")
+
+
 async def _events(project: Project, args: Mapping[str, Any], call: Call) -> BaseModel:
     return await project.read_events(args["tasks"], since=args["since"], limit=args["limit"])
 
@@ -382,7 +432,13 @@ OPERATIONS: dict[str, Operation] = {
             "returns when each task is healthy/running, has exited 0 (one-shot), or has failed "
             "(with the exit status, the failing check's output and the last log lines), or at "
             "the timeout. Tasks already running are left alone; starting is safe to repeat.",
-            (_tasks("tasks to start (default: every auto_start task)"), WAIT, TIMEOUT, FORCE_PORT),
+            (
+                _tasks("tasks to start (default: every auto_start task)"),
+                WAIT,
+                TIMEOUT,
+                FORCE_PORT,
+                WAIT_FOR,
+            ),
             ActionResult,
             _waiting("start"),
             read_only=False,
@@ -412,6 +468,7 @@ OPERATIONS: dict[str, Operation] = {
                 WAIT,
                 TIMEOUT,
                 FORCE_PORT,
+                WAIT_FOR,
             ),
             ActionResult,
             _waiting("restart"),
@@ -526,7 +583,7 @@ OPERATIONS: dict[str, Operation] = {
             "Inspect a task",
             "Everything known of one task: config, state, processes, last exit, health "
             "history, restart counters and recent events. Use it to find out why a task failed.",
-            (Param("task", Kind.NAME, "the task's name", aliases=("tasks",), metavar="TASK"),),
+            (_task(),),
             InspectResult,
             _inspect,
         ),
@@ -561,6 +618,102 @@ OPERATIONS: dict[str, Operation] = {
             ),
             EventsResult,
             _events,
+        ),
+        Operation(
+            "send",
+            "Type into a task",
+            "Type into a running task's terminal, as a person at its window would: `text` "
+            "literally (never read as key names or tmux commands), then `keys` from an "
+            f"allowlist ({KEY_FORMS}), then Enter when `enter` is true. For prompts "
+            "(`Overwrite? [y/N]`), REPLs and dev servers' shortcut keys (vite's `r`, jest's `a`). "
+            "An exit right after C-c, C-\\ or C-d is your stop, not a crash: it is not "
+            "restarted. Read the result with `screen` or `wait_for`.",
+            (
+                _task(),
+                Param(
+                    "text",
+                    Kind.TEXT,
+                    "text to type, literally",
+                    default="",
+                    max_length=MAX_TEXT,
+                    metavar="TEXT",
+                ),
+                Param(
+                    "keys",
+                    Kind.WORDS,
+                    "keys to press after the text, in order",
+                    default=(),
+                    max_length=MAX_KEYS,
+                    flags=("--key",),
+                    metavar="K",
+                ),
+                Param(
+                    "enter",
+                    Kind.BOOLEAN,
+                    "press Enter at the end",
+                    default=False,
+                    flags=("--enter",),
+                ),
+            ),
+            SendResult,
+            _send,
+            read_only=False,
+            idempotent=False,
+        ),
+        Operation(
+            "screen",
+            "Read a task's screen",
+            "The task's visible terminal screen now, as plain text rows, with the cursor "
+            "position and the pane size: for prompts, TUIs and REPLs, whose state is on the "
+            "screen rather than in the log.",
+            (
+                _task(),
+                Param(
+                    "lines",
+                    Kind.INTEGER,
+                    "at most this many rows, from the bottom",
+                    default=MAX_SCREEN_LINES,
+                    minimum=1,
+                    maximum=MAX_SCREEN_LINES,
+                    flags=("-n", "--lines"),
+                    metavar="N",
+                ),
+            ),
+            ScreenResult,
+            _screen,
+        ),
+        Operation(
+            "wait_for",
+            "Wait for a line of output",
+            "Wait until a line of the task's current run matches a Python regex (or a line "
+            'since `since`: "now", a duration, a time), the task exits, or the timeout. '
+            "Returns the matching line with the lines before it, or why it stopped waiting "
+            "(the exit status and the last lines, or the timeout). Instead of polling `logs`.",
+            (
+                _task(),
+                Param(
+                    "pattern",
+                    Kind.TEXT,
+                    "a Python regular expression",
+                    max_length=MAX_PATTERN,
+                    metavar="PATTERN",
+                ),
+                TIMEOUT,
+                Param(
+                    "since",
+                    Kind.TEXT,
+                    '"start" (default: the current run), "now" (only '
+                    'lines printed from now on), a duration like "30s", or an ISO 8601 time',
+                    default=None,
+                    max_length=MAX_SINCE,
+                    flags=("--since",),
+                    metavar="S",
+                ),
+            ),
+            WaitResult,
+            _wait_for,
+            waits=True,
+            cli="wait",
         ),
     )
 }

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from . import lifecycle, processes, readiness, records
+from . import interactive, lifecycle, processes, readiness, records
 from .backend import Launch, Pane, Snapshot
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Condition, ProjectConfig, discover_config, load_config
@@ -51,10 +51,13 @@ from .models import (
     MonitorInfo,
     ProbeReport,
     ProcessEntry,
+    ScreenResult,
+    SendResult,
     StatusResult,
     TaskResult,
     TaskState,
     TaskStatus,
+    WaitResult,
 )
 from .ports import PortBook
 from .records import Phase, RecordStore, StopKind, TaskRecord, observe
@@ -469,18 +472,55 @@ class Project:
         cause: Cause | None = None,
         progress: Progress | None = None,
         force_port: bool = False,
+        wait_for: str | None = None,
     ) -> ActionResult:
         """Start tasks (all auto_start ones by default) and their dependencies, in order.
 
         force_port: kill whoever holds a task's port (else only the task's own leftovers).
+        wait_for: then wait for a line of each requested task's run matching this regex.
         """
         config = self.valid_config()
+        began = time.monotonic()
+        if wait_for is not None:
+            interactive.compile_pattern(wait_for)
         auto = [name for name, task in config.tasks.items() if task.auto_start]
         requested = self._names(tasks, auto)
-        return await self._bring_up_all(
+        result = await self._bring_up_all(
             requested, wait=wait, timeout=timeout, cause=cause or self.cause, progress=progress,
             force_port=force_port,
         )  # fmt: skip
+        return await self._then_wait_for(result, requested, wait_for, began + timeout, progress)
+
+    async def _then_wait_for(
+        self,
+        result: ActionResult,
+        names: Sequence[str],
+        pattern: str | None,
+        deadline: float,
+        progress: Progress | None,
+    ) -> ActionResult:
+        """The tasks' results once a line of each matched `pattern` (or why none did)."""
+        by_name = {r.name: r for r in result.tasks}
+        watched = [by_name[n] for n in names if n in by_name and by_name[n].ok]
+        if pattern is None or not watched:
+            return result
+
+        async def one(task: TaskResult) -> None:
+            left = max(0.1, deadline - time.monotonic())
+            waited = await interactive.wait_for(
+                self, task.name, pattern, timeout=left, progress=progress
+            )
+            task.matched_line = waited.line
+            if not waited.ok:
+                task.ok, task.error = False, waited.error
+                task.log_tail = task.log_tail or waited.log_tail
+
+        async with anyio.create_task_group() as group:
+            for task in watched:
+                group.start_soon(one, task)
+        result.ok = all(r.ok for r in result.tasks)
+        result.message = None if result.ok else _summary(result.tasks)
+        return result
 
     async def _bring_up_all(
         self,
@@ -830,6 +870,7 @@ class Project:
         cause: Cause | None = None,
         progress: Progress | None = None,
         force_port: bool = False,
+        wait_for: str | None = None,
     ) -> ActionResult:
         """Stop then start tasks (all running ones by default); clears manual-stop marks.
 
@@ -837,6 +878,9 @@ class Project:
         for while another one of the same task was under way counts as done by that one.
         """
         self.valid_config()
+        began = time.monotonic()
+        if wait_for is not None:
+            interactive.compile_pattern(wait_for)
         cause = cause or self.cause
         asked_at = self.clock.now()
         if tasks:
@@ -873,11 +917,36 @@ class Project:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._settle_restarts(held)
-        if wait:
+        started = await self._then_wait_for(started, names, wait_for, began + timeout, progress)
+        if wait or wait_for is not None:
             for result in started.tasks:
                 if result.ok and not result.log_tail:
                     result.log_tail = self.logs.last_run_lines(result.name, RESTART_TAIL_LINES)
         return started
+
+    # ---------------------------------------------------------------- a task's terminal
+
+    async def send(
+        self, task: str, text: str, keys: Sequence[str] = (), *, enter: bool = False,
+        cause: Cause | None = None,
+    ) -> SendResult:  # fmt: skip
+        """Type text, then keys, then Enter, into a running task's terminal."""
+        return await interactive.send(self, task, text, keys, enter, cause or self.cause)
+
+    async def screen(self, task: str, *, lines: int = interactive.MAX_SCREEN_LINES) -> ScreenResult:
+        """The task's visible screen as plain text, with its cursor and size."""
+        return await interactive.screen(self, task, lines)
+
+    async def wait_for(
+        self, task: str, pattern: str, *, timeout: float = 60.0, since: str | None = None,
+        progress: Progress | None = None,
+    ) -> WaitResult:  # fmt: skip
+        """Wait for a line of the task's current run (or since `since`) matching `pattern`."""
+        if timeout <= 0 or timeout > 24 * 3600:
+            raise InvalidArgument("timeout must be between 0 and 86400 seconds")
+        return await interactive.wait_for(
+            self, task, pattern, timeout=timeout, since=since, progress=progress
+        )
 
     def _restarted_since(self, name: str, snap: Snapshot, moment: float) -> bool:
         """Whether another restart or start launched the task after `moment`."""

@@ -505,6 +505,25 @@ class Observed:
     exit_signal: str | None
 
 
+INTERRUPT_WINDOW_S = 10.0
+
+
+def interrupted_by(pane: Pane | None) -> Cause | None:
+    """Who typed the interrupt key (C-c, C-\\, C-d) that this dead pane's run ended within
+    INTERRUPT_WINDOW_S of, if anyone: its end is their stop, not a crash."""
+    if pane is None or not pane.dead or not pane.interrupt or pane.dead_time is None:
+        return None
+    try:
+        run, at, cause = pane.interrupt.split(" ")
+        sent, who = float(at), Cause(cause)
+    except ValueError:
+        return None
+    # tmux keeps the time of death in whole seconds.
+    if int(run) != (pane.run or 0) or not -1.0 <= pane.dead_time - sent <= INTERRUPT_WINDOW_S:
+        return None
+    return who
+
+
 def observe(task: TaskConfig, record: TaskRecord, pane: Pane | None) -> Observed:
     """The state vocabulary of SPEC §4, from what tmux shows and what was persisted."""
     if pane is not None and not pane.dead:
@@ -532,6 +551,9 @@ def observe(task: TaskConfig, record: TaskRecord, pane: Pane | None) -> Observed
         Phase.EXITED: TaskState.EXITED,
         Phase.UP: TaskState.EXITED if pane is not None else TaskState.STOPPED,
     }
-    if record.phase is Phase.UP and pane is not None and pane.stop_mark == StopKind.MANUAL.value:
-        return Observed(TaskState.STOPPED, Health.UNKNOWN, None, code, sig)  # unsaved stop
+    manual = pane is not None and (
+        pane.stop_mark == StopKind.MANUAL.value or interrupted_by(pane) is not None
+    )
+    if record.phase is Phase.UP and manual:
+        return Observed(TaskState.STOPPED, Health.UNKNOWN, None, code, sig)  # not yet recorded
     return Observed(states.get(record.phase, TaskState.STOPPED), Health.UNKNOWN, None, code, sig)

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
+import libtmux
+import libtmux.common
 
 from .backend import Launch, Pane, Snapshot, launch_script
 from .errors import TmuxError
@@ -30,6 +32,7 @@ PROJECT_OPTION = "@taskmux_project"
 TASK_OPTION = "@taskmux_task"
 RUN_OPTION = "@taskmux_run"
 STOP_OPTION = "@taskmux_stop"
+INTERRUPT_OPTION = "@taskmux_interrupt"
 CONFIG_OPTION = "@taskmux_config"
 WINDOW_SIZE = ("220", "50")
 INLINE_SCRIPT_MAX = 4096  # tmux refuses command lines over about 16 KB in all
@@ -49,6 +52,7 @@ _FIELDS = (
     RUN_OPTION,
     STOP_OPTION,
     "pane_pipe",
+    INTERRUPT_OPTION,
 )
 _SEP = "\x1f"
 _FORMAT = _SEP.join("#{" + name + "}" for name in _FIELDS)
@@ -167,6 +171,7 @@ class TmuxBackend:
                 run=_int(row[RUN_OPTION]),
                 stop_mark=row[STOP_OPTION] or None,
                 piped=row["pane_pipe"] == "1",
+                interrupt=row[INTERRUPT_OPTION] or None,
             )
         foreign = None
         if ours is None and self.session_name in owners:
@@ -240,6 +245,7 @@ class TmuxBackend:
             ";", "set-option", "-w", "-t", target, "remain-on-exit", "on",
             ";", "set-option", "-w", "-t", target, RUN_OPTION, str(launch.run),
             ";", "set-option", "-w", "-t", target, STOP_OPTION, "",
+            ";", "set-option", "-w", "-t", target, INTERRUPT_OPTION, "",
             *extra,
             ";", *pipe,
             ";", "display-message", "-p", "-t", target, report_format,
@@ -290,6 +296,31 @@ class TmuxBackend:
     async def mark_stop(self, pane_id: str, kind: str) -> None:
         """Set the window's stop mark, which tmux keeps in memory (no disk needed)."""
         await self._run("set-option", "-w", "-t", pane_id, STOP_OPTION, kind)
+
+    async def mark_interrupt(self, pane_id: str, mark: str) -> None:
+        """Note on the window that someone typed an interrupt key into this run."""
+        await self._run("set-option", "-w", "-t", pane_id, INTERRUPT_OPTION, mark)
+
+    def _pane(self, pane_id: str) -> libtmux.Pane:
+        return libtmux.Pane(server=libtmux.Server(socket_name=self.socket_name), pane_id=pane_id)
+
+    def type_sync(self, pane_id: str, text: str, keys: Sequence[tuple[bool, str]]) -> None:
+        """Type text literally, then keys (literal characters or key names), into a pane."""
+        pane = self._pane(pane_id)
+        typed = [(True, chunk) for chunk in _literal_chunks(text)]
+        for literal, value in [*typed, *keys]:
+            # tmux reads an argument ending in ';' as a command separator: "\;" is a literal ';'.
+            word = value[:-1] + "\\;" if value.endswith(";") else value
+            flags = ["-l", "--"] if literal else ["--"]
+            _checked(pane.cmd("send-keys", *flags, word), "send-keys")
+
+    def screen_sync(self, pane_id: str) -> tuple[list[str], int, int, int, int]:
+        """A pane's visible screen (plain text), cursor and size: rows, x, y, width, height."""
+        pane = self._pane(pane_id)
+        shown = _checked(pane.cmd("display-message", "-p", _SCREEN_FORMAT), "display-message")
+        x, y, width, height = (int(v) for v in shown[0].split(" "))
+        lines = _checked(pane.cmd("capture-pane", "-p"), "capture-pane")
+        return lines, x, y, width, height
 
     async def repipe(self, pane_id: str, pipe: str) -> None:
         """Attach a fresh pipe to a live pane."""
@@ -343,3 +374,19 @@ def version_problem(minimum: str = "3.2") -> str | None:
     except Exception as exc:  # libtmux raises its own types for a missing or odd tmux
         return f"tmux is not usable: {exc}"
     return f"tmux {found} is too old; taskmux needs tmux >= {minimum}"
+
+
+_SCREEN_FORMAT = "#{cursor_x} #{cursor_y} #{pane_width} #{pane_height}"
+_LITERAL_CHUNK = 1024
+
+
+def _literal_chunks(text: str) -> list[str]:
+    """Text in pieces tmux takes as one argument each."""
+    return [text[i : i + _LITERAL_CHUNK] for i in range(0, len(text), _LITERAL_CHUNK)]
+
+
+def _checked(done: libtmux.common.tmux_cmd, what: str) -> list[str]:
+    if done.returncode != 0:
+        message = "; ".join(done.stderr) or f"tmux exited {done.returncode}"
+        raise TmuxError(f"tmux {what} failed: {message}")
+    return list(done.stdout)

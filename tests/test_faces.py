@@ -58,7 +58,15 @@ from taskmux_mcp.bridge import run_bridge
 from taskmux_mcp.budget import REPLY_BUDGET
 from taskmux_mcp.events import Cause
 from taskmux_mcp.mcp_server import build_server
-from taskmux_mcp.operations import MAX_NAME, MAX_NAMES, OPERATIONS, Kind, Operation, Param
+from taskmux_mcp.operations import (
+    MAX_NAME,
+    MAX_NAMES,
+    MAX_WORD,
+    OPERATIONS,
+    Kind,
+    Operation,
+    Param,
+)
 from taskmux_mcp.project import MONITOR_WINDOW
 from taskmux_mcp.terminal import LINE_CHARS
 
@@ -86,6 +94,7 @@ CLI_EXTRAS = {
 }
 WRONG_TYPE: dict[Kind, Any] = {
     Kind.NAMES: 3,
+    Kind.WORDS: 3,
     Kind.NAME: 3,
     Kind.TEXT: 3,
     Kind.BOOLEAN: "yes",
@@ -431,6 +440,10 @@ def _declared_schema_problems(op: Operation, schema: dict[str, Any]) -> list[str
             want = {"type": "array", "maxItems": MAX_NAMES}
             if got.get("items") != {"type": "string", "maxLength": MAX_NAME}:
                 problems.append(f"{op.name}.{param.name}: items {got.get('items')}")
+        elif param.kind is Kind.WORDS:
+            want = {"type": "array", "maxItems": param.max_length or MAX_NAMES}
+            if got.get("items") != {"type": "string", "maxLength": MAX_WORD}:
+                problems.append(f"{op.name}.{param.name}: items {got.get('items')}")
         elif param.kind in (Kind.TEXT, Kind.NAME):
             want = {"type": "string", "maxLength": param.max_length or MAX_NAME}
         elif param.kind is Kind.BOOLEAN:
@@ -529,11 +542,14 @@ def _bound_cases(op: Operation) -> Iterator[tuple[Param, Any]]:
 
 
 def _cli_argv(op: Operation, param: Param, value: Any) -> list[str]:
-    """The command line giving value to param."""
-    argv = [op.name, param.flags[-1], str(value)] if param.flags else [op.name, str(value)]
-    if op.name == "grep" and param.name != "pattern":
-        argv.append("x")  # the required pattern
-    return argv
+    """The command line giving value to param (and a valid value to the other positionals)."""
+    argv = [op.cli or op.name]
+    for other in op.params:
+        if other is param and not other.flags:
+            argv.append(str(value))
+        elif other.required and not other.flags:
+            argv.append("api" if other.kind is Kind.NAME else "x")
+    return argv + ([param.flags[-1], str(value)] if param.flags else [])
 
 
 @pytest.mark.anyio
@@ -644,6 +660,8 @@ def _names_in(tool: str, result: dict[str, Any]) -> set[str]:
         return {match["task"] for match in result["matches"]}
     if tool == "events":
         return {event["task"] for event in result["events"]}
+    if tool in ("screen", "wait_for"):
+        return {result["task"]}
     return {entry["name"] for entry in result["tasks"]}
 
 
@@ -663,7 +681,7 @@ async def test_task_and_tasks_both_scope_every_read(project: Workspace) -> None:
             for key in (names.name, *names.aliases):
                 for value in ("api", ["api"]):
                     arguments: dict[str, Any] = {key: value}
-                    if op.name == "grep":
+                    if op.name in ("grep", "wait_for"):
                         arguments["pattern"] = "line|tick|taskmux"
                     result = await tool_ok(client, op.name, arguments)
                     assert _names_in(op.name, result) == {"api"}, (op.name, arguments, result)

@@ -45,6 +45,9 @@ TOOLS = {
     "health",
     "events",
     "down",
+    "send",
+    "screen",
+    "wait_for",
 }
 ENTRY = Path(sys.executable).with_name("taskmux-mcp")
 
@@ -201,7 +204,12 @@ async def test_tools_list_has_every_tool_with_schemas_and_annotations(
     def props(name: str) -> dict[str, Any]:
         return dict(listed[name].input_schema["properties"])
 
-    assert set(props("start")) == {"tasks", "wait", "timeout", "force_port"}
+    assert set(props("start")) == {"tasks", "wait", "timeout", "force_port", "wait_for"}
+    assert set(props("send")) == {"task", "text", "keys", "enter"}
+    assert props("send")["keys"]["maxItems"] == 32
+    assert set(props("wait_for")) == {"task", "pattern", "timeout", "since"}
+    assert listed["send"].annotations is not None
+    assert listed["send"].annotations.read_only_hint is False
     assert props("start")["wait"]["default"] is True and props("start")["timeout"]["default"] == 60
     assert set(props("grep")) == {
         "pattern", "tasks", "context", "ignore_case", "since", "max_matches",
