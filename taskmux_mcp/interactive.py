@@ -154,6 +154,8 @@ async def wait_for(
         found = await anyio.to_thread.run_sync(_already_written, project, name, rx, since)
         before: deque[str] = deque(maxlen=CONTEXT_LINES)
         ended = not running
+        if found is None and running and progress is not None:
+            await progress(f"{name}: waiting for a line matching /{pattern}/")
         while found is None:
             for line in await anyio.to_thread.run_sync(watch.new_lines):
                 if rx.search(line.text):
