@@ -520,7 +520,8 @@ def _condition(value: object) -> Condition:
 
 def _depends_on(value: object) -> dict[str, Condition | None]:
     if isinstance(value, dict):  # docker compose's map form: { db = { condition = "..." } }
-        value = [{"task": k, **v} if isinstance(v, dict) else {"task": k} for k, v in value.items()]
+        value = [{"task": k, **v} if isinstance(v, dict) else {"task": k, "condition": v}
+                 for k, v in value.items()]  # fmt: skip
     if not isinstance(value, list):
         raise _expect(_DEPENDS_FORMS, value)
     found: dict[str, Condition | None] = {}

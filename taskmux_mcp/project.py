@@ -684,9 +684,14 @@ class Project:
     ) -> str | None:
         """Why dependency `dep` does not meet `condition` by the deadline; None once it does."""
         started = condition is Condition.STARTED
+        result: TaskResult | None = None
         with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
-            await (run.launched if started else run.done)[dep].wait()
-        result = (run.launches.get(dep) if started else None) or run.results.get(dep)
+            if started:
+                await run.launched[dep].wait()
+                result = run.launches.get(dep)
+            if result is None:  # not launched (done already, blocked, failed): its verdict
+                await run.done[dep].wait()
+                result = run.results.get(dep)
         if result is None:
             return f"timed out waiting for dependency '{dep}' to be {condition.value}"
         if not result.ok:
