@@ -1297,15 +1297,23 @@ def _place_insertion(original: str, edited: str, block: str) -> str | None:
 
 _INIT_HEADER = """\
 taskmux.toml: this project's dev tasks, each run in its own tmux window by taskmux.
-Each [tasks.NAME] needs a `command`. Optional: cwd, env, port, depends_on, auto_start,
-health_check (shell, exit 0 = healthy), health_url, restart_policy ("no", "on-failure",
-"always"), and [hooks] before_start / after_start / before_stop / after_stop.
+Each [tasks.NAME] needs a `command`. Optional: cwd, env, port (a number, or "auto" for a free
+one; the task gets it as $PORT), oneshot (a setup step: success = exit 0), depends_on,
+auto_start, ready_log (a regex: healthy once a line of the run matches), health_check (shell,
+exit 0 = healthy), health_url, restart_policy ("no", "on-failure", "always"), and [hooks]
+before_start / after_start / before_stop / after_stop.
 Edit by hand or with `taskmux add` / `taskmux remove`; validate with `taskmux check`."""
 
 _INIT_EXAMPLE = """\
+[tasks.setup]
+command = "make setup"
+oneshot = true
+
 [tasks.web]
 command = "npm run dev"
-port = 3000"""
+port = 5173
+ready_log = "(?i)ready in"
+depends_on = ["setup"]"""
 
 
 def render_new_config(name: str, tasks: Mapping[str, Mapping[str, object]]) -> str:
@@ -1327,7 +1335,7 @@ def render_new_config(name: str, tasks: Mapping[str, Mapping[str, object]]) -> s
         doc.add("tasks", holder)
     else:
         doc.add(tomlkit.nl())
-        doc.add(tomlkit.comment("Add tasks like this one:"))
+        doc.add(tomlkit.comment("No tasks were detected. Add yours, like these:"))
         for line in _INIT_EXAMPLE.splitlines():
             doc.add(tomlkit.comment(line))
     text = tomlkit.dumps(doc)
