@@ -27,7 +27,7 @@ from .errors import HookFailed, PortBusy, StateWriteError, TaskmuxError, TmuxErr
 from .events import Cause, EventType
 from .hooks import run_hook
 from .models import TaskResult, TaskState
-from .policy import Decision
+from .policy import Action, Counters, Decision, Observation, Seen, decide
 from .records import ExitRecord, Phase, StopKind, TaskRecord, observe
 
 if TYPE_CHECKING:
@@ -266,6 +266,8 @@ async def stop(
             )
     # A run that ended on its own and will not be restarted keeps its verdict (exited, failed).
     ended = not alive and project.records.get(name).phase in (Phase.EXITED, Phase.FAILED)
+    if not alive and not ended and pane is not None:
+        ended = await _record_own_end(project, name, task, pane, notes)
     with anyio.CancelScope(shield=True):
         # The record first: when its lock is busy (TaskBusy) nothing has changed yet.
         if not ended:
@@ -340,6 +342,32 @@ async def stop(
         duration_s=round(outcome.duration_s, 3),
         warnings=notes.items,
     )
+
+
+async def _record_own_end(
+    project: Project, name: str, task: TaskConfig, pane: Pane, notes: Notes
+) -> bool:
+    """Record the end of a run no monitor has seen yet, when its policy would not restart it
+    (so a stop has nothing to prevent); False when it would, or it is not that case."""
+    record = project.records.get(name)
+    fresh = record.phase is Phase.UP and record.handled_run < record.run == pane.run
+    if not fresh or pane.stop_mark is not None:
+        return False
+    seen = Observation(Seen.EXITED, exit_code=pane.exit_status, exit_signal=pane.exit_signal)
+    decision = decide(task, Counters(record.manually_stopped, record.restarts), seen)
+    if decision.action is not Action.NOTHING:
+        return False
+    exit = ExitRecord(code=pane.exit_status, signal=pane.exit_signal, at=project.clock.now())
+    now = project.clock.now()
+    await change(
+        project,
+        name,
+        lambda r: records.ended(
+            r, cause=Cause.POLICY, run=record.run, exit=exit, decision=decision, now=now
+        ),
+        notes,
+    )
+    return True
 
 
 async def kill(project: Project, name: str, cause: Cause, *, lock: FileLock | None) -> TaskResult:

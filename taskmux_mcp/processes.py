@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -473,3 +474,47 @@ async def reclaim_port(
             break
         await anyio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
     return list(ended.values())
+
+
+class PidWatch:
+    """Wakes when any watched process ends, from the kernel (pidfds in one epoll), not polling."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._fds: dict[int, int] = {}  # pid -> pidfd
+        self._gone = False
+
+    def watch(self, pids: Iterable[int]) -> None:
+        """Watch exactly these pids from now on (one that has already ended counts as ended)."""
+        wanted = set(pids)
+        for pid in [p for p in self._fds if p not in wanted]:
+            fd = self._fds.pop(pid)
+            self._epoll.unregister(fd)
+            os.close(fd)
+        for pid in wanted - set(self._fds):
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                self._gone = True  # ended before we looked
+                continue
+            self._fds[pid] = fd
+            self._epoll.register(fd, select.EPOLLIN)
+
+    def ended(self) -> bool:
+        """Whether a watched process ended since the last call (does not wait)."""
+        gone, self._gone = self._gone, False
+        return bool(self._epoll.poll(0)) or gone
+
+    async def wait(self, timeout: float) -> bool:
+        """Until a watched process ends (True) or the timeout passes (False)."""
+        if self._gone:
+            return True
+        with anyio.move_on_after(timeout):
+            await anyio.wait_readable(self._epoll.fileno())
+            return True
+        return False
+
+    def close(self) -> None:
+        """Let go of every pidfd."""
+        self.watch(())
+        self._epoll.close()
