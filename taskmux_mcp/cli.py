@@ -36,6 +36,7 @@ from .models import (
 from .operations import OPERATIONS, Call, Kind, Operation, Param, perform
 from .project import Project
 from .redaction import NO_SECRETS
+from .wording import counted
 
 if TYPE_CHECKING:
     from .project import ProjectSlot
@@ -189,7 +190,7 @@ def format_action(result: ActionResult) -> str:
         if task.duration_s is not None:
             extra.append(f"{task.duration_s:.2f}s")
         detail = f" ({', '.join(extra)})" if extra else ""
-        lines.append(f"{mark} {task.name}: {task.action}, {task.state.value}{detail}")
+        lines.append(f"{mark} {task.name}: {task.outcome()}{detail}")
         if task.error:
             lines.append(f"    error: {task.error}")
         if task.check_output:
@@ -454,7 +455,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
     else:
-        print(f"{cfg.config_path}: ok ({len(cfg.tasks)} tasks)")
+        print(f"{cfg.config_path}: ok ({counted(len(cfg.tasks), 'task')})")
     return EXIT_USAGE if problems else EXIT_OK
 
 

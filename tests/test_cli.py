@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from support import Workspace, wait_until
 
-from taskmux_mcp.models import ActionResult, HealthResult, StatusResult
+from taskmux_mcp.models import ActionResult, HealthResult, StatusResult, TaskResult, TaskState
 
 
 def no_traceback(proc: object) -> None:
@@ -355,3 +356,36 @@ def test_version_is_printed(project: Workspace) -> None:
     done = project.cli("--version")
     assert done.returncode == 0 and done.stdout.startswith("taskmux "), done
     assert done.stdout.split()[1][0].isdigit(), done.stdout
+
+
+def test_results_name_each_outcome_once_and_count_in_good_english(project: Workspace) -> None:
+    project.write(
+        """
+        [tasks.setup]
+        command = "echo done"
+        restart_policy = "no"
+        [tasks.web]
+        command = "sleep 1000"
+        depends_on = ["setup"]
+        """
+    )
+    started = project.cli("start")
+    assert started.returncode == 0, started.stderr
+    assert "ok  setup: exited (exit 0" in started.stdout
+    assert "ok  web: started, running (pid" in started.stdout
+    stopped = project.cli("stop")
+    assert "web: stopped (" in stopped.stdout and "setup: already stopped (" in stopped.stdout
+    for output in (started.stdout, stopped.stdout):
+        for line in output.splitlines():
+            words = line.replace(",", " ").split()
+            assert all(a != b for a, b in itertools.pairwise(words)), line
+    assert project.cli("check").stdout.endswith("ok (2 tasks)\n")
+    project.write('[tasks.only]\ncommand = "sleep 1"\n')
+    assert project.cli("check").stdout.endswith("ok (1 task)\n")
+
+    def outcome(action: str, state: TaskState) -> str:
+        return TaskResult(name="t", ok=True, action=action, state=state).outcome()
+
+    assert outcome("already_running", TaskState.RUNNING) == "already running"
+    assert outcome("killed", TaskState.STOPPED) == "killed, stopped"
+    assert outcome("already_done", TaskState.EXITED) == "already done, exited"
