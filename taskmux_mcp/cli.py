@@ -504,6 +504,12 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             with contextlib.suppress(TaskmuxError):
                 project.backend.run("kill-window", "-t", own_pane)
         return status
+    print(
+        f"taskmux monitor of {project.config.name}: applies restart policies and reloads "
+        f"{project.config_path} when it changes; Ctrl-C to stop",
+        file=sys.stderr,
+        flush=True,
+    )
     return run_monitor_foreground(project, host="cli")
 
 
@@ -667,10 +673,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("attach", cmd_attach, "attach to the session, or a task's window")
     p.add_argument("task", nargs="?", metavar="TASK")
     p.add_argument("--dry-run", action="store_true", help="print the tmux command instead")
-    p = command("monitor", cmd_monitor, "run the monitor in the foreground")
+    p = command("monitor", cmd_monitor, "run the monitor in the foreground: restart policies, "
+                "health checks, and taskmux.toml reloaded when it changes (`watch`: taskmux "
+                "0.3's name)", aliases=("watch",))  # fmt: skip
     p.add_argument("--hosted", action="store_true", help=argparse.SUPPRESS)
     command("mcp", cmd_mcp, "run the stdio MCP server (same as taskmux-mcp)")
-    p = command("bridge", cmd_bridge, "serve the operations over a WebSocket (JSON-RPC 2.0)")
+    p = command("bridge", cmd_bridge, "serve the operations over a WebSocket (JSON-RPC 2.0 or "
+                "taskmux 0.3's messages) and run the monitor (`daemon`: taskmux 0.3's name)",
+                aliases=("daemon",))  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="0 picks a free port (default 8765)")
     p.add_argument("--allow-remote", action="store_true",

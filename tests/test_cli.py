@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -356,6 +357,69 @@ def test_version_is_printed(project: Workspace) -> None:
     done = project.cli("--version")
     assert done.returncode == 0 and done.stdout.startswith("taskmux "), done
     assert done.stdout.split()[1][0].isdigit(), done.stdout
+
+
+def _taskmux(project: Workspace, *args: str) -> subprocess.Popen[str]:
+    exe = Path(sys.executable).with_name("taskmux")
+    return subprocess.Popen(
+        [str(exe), "--project", str(project.root), *args],
+        env=project.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_daemon_is_the_bridge_and_answers_a_taskmux_03_script(project: Workspace) -> None:
+    from websockets.sync.client import connect
+
+    project.write('[tasks.api]\ncommand = "sleep 1000"\n')
+    daemon = _taskmux(project, "daemon", "--port", "0", "--host", "localhost")
+    try:
+        info_path = wait_until(lambda: list(project.state_dir.glob("*/bridge.json")), timeout=20)
+        info = json.loads(info_path[0].read_text())
+        with connect(f"{info['url']}/?token={info['token']}", proxy=None) as ws:
+            ws.send(json.dumps({"command": "start", "params": {"task": "api"}}))
+            started = json.loads(ws.recv(timeout=30))
+            ws.send(json.dumps({"command": "status"}))
+            status = json.loads(ws.recv(timeout=10))
+        assert started["success"] is True and started["message"] == "api: started, running"
+        assert status["tasks"]["api"]["running"] is True and status["session_exists"] is True
+        shown = StatusResult.model_validate_json(project.cli("--json", "status").stdout)
+        assert shown.monitor.acting and shown.monitor.host == "bridge"
+        assert shown.monitor.pid == daemon.pid
+    finally:
+        daemon.send_signal(signal.SIGINT)
+        _, err = daemon.communicate(timeout=15)
+    assert daemon.returncode == 0, err
+    assert "listening on ws://127.0.0.1:" in err and "Traceback" not in err
+
+
+def test_watch_is_the_monitor_and_reloads_taskmux_toml(project: Workspace) -> None:
+    project.write('[tasks.a]\ncommand = "sleep 1000"\n')
+    watch = _taskmux(project, "watch")
+    try:
+
+        def acting_pid() -> int | None:
+            shown = StatusResult.model_validate_json(project.cli("--json", "status").stdout)
+            return shown.monitor.pid if shown.monitor.acting else None
+
+        wait_until(lambda: acting_pid() == watch.pid, timeout=20, interval=0.2)
+        project.write('[tasks.a]\ncommand = "sleep 1000"\n[tasks.b]\ncommand = "sleep 1000"\n')
+
+        def state_of_b() -> str:
+            shown = StatusResult.model_validate_json(project.cli("--json", "status").stdout)
+            return next(t.state.value for t in shown.tasks if t.name == "b")
+
+        wait_until(lambda: state_of_b() == "running", timeout=20, interval=0.2)
+        events = json.loads(project.cli("--json", "events").stdout)["events"]
+        reloads = [e["details"] for e in events if e["type"] == "config_reloaded"]
+        assert [details["added"] for details in reloads] == [["b"]]
+    finally:
+        watch.send_signal(signal.SIGINT)
+        _, err = watch.communicate(timeout=15)
+    assert watch.returncode == 0, err
+    assert "reloads" in err and "Traceback" not in err
 
 
 def test_results_name_each_outcome_once_and_count_in_good_english(project: Workspace) -> None:
