@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from support import Workspace, wait_until
 
+from taskmux_mcp.cli import build_parser
 from taskmux_mcp.models import ActionResult, HealthResult, StatusResult, TaskResult, TaskState
 
 
@@ -422,6 +424,25 @@ def test_watch_is_the_monitor_and_reloads_taskmux_toml(project: Workspace) -> No
     assert "reloads" in err and "Traceback" not in err
 
 
+def test_every_option_has_help_and_shows_its_default() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [
+        f"{name} {action.dest}"
+        for name, sub in commands.choices.items()
+        for action in sub._actions
+        if not action.help and action.dest != "help"
+    ]
+    assert missing == []
+    texts = {name: sub.format_help() for name, sub in commands.choices.items()}
+    assert "seconds to wait at most (default: 60)" in texts["start"]
+    assert "how many of the last lines (default: 100)" in texts["logs"]
+    assert "(default: 8765)" in texts["daemon"] and "(default: 127.0.0.1)" in texts["bridge"]
+    assert "(default: None)" not in "".join(texts.values())
+    assert "(default: False)" not in "".join(texts.values())
+    assert "reloaded when it changes" in parser.format_help()
+
+
 def test_results_name_each_outcome_once_and_count_in_good_english(project: Workspace) -> None:
     project.write(
         """
@@ -453,3 +474,14 @@ def test_results_name_each_outcome_once_and_count_in_good_english(project: Works
     assert outcome("already_running", TaskState.RUNNING) == "already running"
     assert outcome("killed", TaskState.STOPPED) == "killed, stopped"
     assert outcome("already_done", TaskState.EXITED) == "already done, exited"
+
+
+def test_mcp_config_takes_any_case_and_aliases(project: Workspace) -> None:
+    project.write('[tasks.api]\ncommand = "sleep 1"\n')
+    for spelling in ("Claude", "claude-code"):
+        proc = project.cli("mcp-config", spelling)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["mcpServers"]["taskmux"]["args"][0] == "--project"
+    unknown = project.cli("mcp-config", "cluade")
+    assert unknown.returncode == 2 and "did you mean 'claude'?" in unknown.stderr
+    no_traceback(unknown)
