@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -43,6 +44,7 @@ class ClientSpec:
     entry: Callable[[str, list[str]], dict[str, Any]]
     target: Callable[[Path], Path]
     preamble: tuple[tuple[str, Any], ...] = ()
+    aliases: tuple[str, ...] = ()
 
 
 def _plain(command: str, args: list[str]) -> dict[str, Any]:
@@ -87,6 +89,7 @@ CLIENTS: dict[str, ClientSpec] = {
             ("mcpServers",),
             _plain,
             _in_project(".mcp.json"),
+            aliases=("claude-code", "claude-cli"),
         ),
         ClientSpec(
             "codex",
@@ -97,6 +100,7 @@ CLIENTS: dict[str, ClientSpec] = {
             ("mcp_servers",),
             _codex,
             _codex_home,
+            aliases=("codex-cli", "openai-codex"),
         ),
         ClientSpec(
             "cursor",
@@ -128,6 +132,7 @@ CLIENTS: dict[str, ClientSpec] = {
             ("mcpServers",),
             _plain,
             _in_project(".gemini", "settings.json"),
+            aliases=("gemini-cli",),
         ),
         ClientSpec(
             "vscode",
@@ -138,6 +143,7 @@ CLIENTS: dict[str, ClientSpec] = {
             ("servers",),
             _vscode,
             _in_project(".vscode", "mcp.json"),
+            aliases=("code", "visual-studio-code"),
         ),
         ClientSpec(
             "windsurf",
@@ -172,13 +178,32 @@ def installed_command() -> str:
     return str(Path(found).absolute()) if found else str(beside)
 
 
+def _squashed(name: str) -> str:
+    return re.sub(r"[\s._-]+", "", name.casefold())
+
+
+SPELLINGS: dict[str, str] = {
+    _squashed(spelling): spec.name
+    for spec in CLIENTS.values()
+    for spelling in (spec.name, *spec.aliases)
+}
+
+
+def client_name(client: str) -> str:
+    """The client a name means ("Claude", "claude-code", "vs_code"); MergeRefused otherwise."""
+    name = SPELLINGS.get(_squashed(client))
+    if name is not None:
+        return name
+    close = difflib.get_close_matches(_squashed(client), list(SPELLINGS), 1, cutoff=0.6)
+    hint = f"did you mean {SPELLINGS[close[0]]!r}? " if close else ""
+    raise MergeRefused(
+        f"unknown client {client[:64]!r}; {hint}choose one of: {', '.join(CLIENTS)} "
+        "(any case; aliases such as claude-code, vs-code or gemini-cli are accepted too)"
+    )
+
+
 def _spec(client: str) -> ClientSpec:
-    try:
-        return CLIENTS[client]
-    except KeyError:
-        raise MergeRefused(
-            f"unknown client {client!r}; choose one of: {', '.join(CLIENTS)}"
-        ) from None
+    return CLIENTS[client_name(client)]
 
 
 def _entry(spec: ClientSpec, project_dir: Path, command: str | None) -> dict[str, Any]:
@@ -307,6 +332,7 @@ def ready_file(client: str) -> tuple[str, str]:
 def run_mcp_config(client: str, project_dir: Path, *, write: bool, as_json: bool) -> int:
     """`taskmux mcp-config CLIENT [--write]`: print the registration, or merge it in."""
     try:
+        client = client_name(client)
         if write:
             path = merge(client, project_dir)
             if as_json:

@@ -1,4 +1,5 @@
-"""WebSocket bridge: the MCP tools as JSON-RPC 2.0 for editors, dashboards and scripts.
+"""WebSocket bridge: the MCP tools as JSON-RPC 2.0 for editors, dashboards and scripts (and
+taskmux 0.3's ``{"command": ...}`` messages, see `compat`).
 
 Every connection must present the token from ``bridge.json`` (state folder, mode 0600) and
 an allowed ``Origin`` (or none); refusals happen at the handshake and carry no data. Requests
@@ -10,6 +11,7 @@ stops reading is dropped instead of holding up anyone else.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import ipaddress
@@ -37,6 +39,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.http11 import Request, Response
 from websockets.sync.client import connect
 
+from . import compat
 from .budget import REPLY_BUDGET
 from .errors import (
     ArgumentError,
@@ -183,12 +186,16 @@ class _Invalid(Exception):
         self.error = error
 
 
-def parse_request(raw: str | bytes) -> RpcRequest:
-    """Decode one message; RpcError (with the id when known) when it is not a valid request."""
+def decode_message(raw: str | bytes) -> Any:
+    """The JSON value of one message; _Invalid (a parse error) when it is not JSON."""
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
+        return json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise _Invalid(None, RpcError(PARSE_ERROR, f"parse error: {_short(exc)}")) from None
+
+
+def parse_request(data: Any) -> RpcRequest:
+    """The JSON-RPC request in a decoded message; _Invalid (with the id when known) otherwise."""
     if isinstance(data, list):
         raise _Invalid(
             None,
@@ -206,6 +213,15 @@ def parse_request(raw: str | bytes) -> RpcRequest:
     )
     if not id_ok:
         raise _Invalid(None, RpcError(INVALID_REQUEST, "id must be a string, an integer or null"))
+    if "jsonrpc" not in data:
+        raise _Invalid(
+            request_id,
+            RpcError(
+                INVALID_REQUEST,
+                'not a request: send JSON-RPC 2.0, {"jsonrpc": "2.0", "id": 1, "method": '
+                '"status"}, or taskmux 0.3\'s {"command": "status"}',
+            ),
+        )
     if data.get("jsonrpc") != "2.0":
         raise _Invalid(request_id, RpcError(INVALID_REQUEST, 'jsonrpc must be "2.0"'))
     method = data.get("method")
@@ -303,6 +319,42 @@ def _refusal(connection: ServerConnection, status: HTTPStatus) -> Response:
 # ------------------------------------------------------------------ connections
 
 
+class _Slot:
+    """The place of one taskmux 0.3 reply in its connection's order."""
+
+    def __init__(self, order: _InOrder) -> None:
+        self._order = order
+        self.reply: dict[str, Any] | None = None
+
+    def fill(self, reply: dict[str, Any]) -> None:
+        """Set the reply; it is sent once every earlier one has been."""
+        self.reply = reply
+        self._order.flush()
+
+
+class _InOrder:
+    """taskmux 0.3 replies, sent in the order of their requests (they carry no id)."""
+
+    def __init__(self, client: _Client) -> None:
+        self._client = client
+        self._slots: collections.deque[_Slot] = collections.deque()
+
+    def reserve(self) -> _Slot | None:
+        """A place for the next reply; None (and the client dropped) when too many wait."""
+        if len(self._slots) >= OUTGOING_QUEUE:
+            self._client.drop("client too slow: too many taskmux 0.3 replies waiting")
+            return None
+        slot = _Slot(self)
+        self._slots.append(slot)
+        return slot
+
+    def flush(self) -> None:
+        """Send the replies that are ready and have no unanswered request before them."""
+        while self._slots and (reply := self._slots[0].reply) is not None:
+            self._slots.popleft()
+            self._client.push(reply)
+
+
 class _Client:
     """One authenticated connection: its outgoing queue, subscription and requests."""
 
@@ -312,6 +364,7 @@ class _Client:
         self.subscribed = False
         self.task_filter: frozenset[str] | None = None
         self.in_flight = 0
+        self.in_order = _InOrder(self)
         self.closed = False
         self._closer: asyncio.Task[None] | None = None
 
@@ -418,7 +471,11 @@ class Bridge:
     def dispatch(self, client: _Client, message: str | bytes) -> None:
         """Answer bad messages at once; run good ones concurrently."""
         try:
-            call = parse_request(message)
+            data = decode_message(message)
+            if compat.is_legacy(data):
+                self._legacy(client, data)
+                return
+            call = parse_request(data)
         except _Invalid as invalid:
             client.push(error_reply(invalid.request_id, invalid.error))
             return
@@ -436,18 +493,54 @@ class Bridge:
                 ),
             )
             return
-        if client.in_flight >= MAX_IN_FLIGHT:
-            self._reply_error(
-                client,
-                call,
-                RpcError(BUSY, f"too many requests in flight (at most {MAX_IN_FLIGHT})"),
-            )
+        busy = self._busy(client)
+        if busy is not None:
+            self._reply_error(client, call, RpcError(BUSY, busy))
             return
-        if self.group is None:
-            self._reply_error(client, call, RpcError(BUSY, "the bridge is starting or stopping"))
-            return
+        assert self.group is not None
         client.in_flight += 1
         self.group.start_soon(self._run, client, call)
+
+    def _busy(self, client: _Client) -> str | None:
+        """Why a request cannot run now, if it cannot."""
+        if client.in_flight >= MAX_IN_FLIGHT:
+            return f"too many requests in flight (at most {MAX_IN_FLIGHT})"
+        if self.group is None:
+            return "the bridge is starting or stopping"
+        return None
+
+    def _legacy(self, client: _Client, data: dict[str, Any]) -> None:
+        """Run a taskmux 0.3 request; its reply follows those of the requests before it."""
+        slot = client.in_order.reserve()
+        if slot is None:
+            return
+        try:
+            request = compat.parse_legacy(data)
+        except compat.LegacyInvalid as invalid:
+            slot.fill(compat.error(str(invalid)))
+            return
+        busy = self._busy(client)
+        if busy is not None:
+            slot.fill(compat.error(busy))
+            return
+        assert self.group is not None
+        client.in_flight += 1
+        self.group.start_soon(self._run_legacy, client, request, slot)
+
+    async def _run_legacy(
+        self, client: _Client, request: compat.LegacyRequest, slot: _Slot
+    ) -> None:
+        try:
+            project, result = await self._operate(request.command, request.params, None)
+            reply = await compat.reply(project, result)
+        except TaskmuxError as exc:
+            reply = compat.error(str(exc))
+        except Exception:
+            log.exception("bridge command %s failed", request.command)
+            reply = compat.error(_UNEXPECTED.message)
+        finally:
+            client.in_flight -= 1
+        slot.fill(reply)
 
     def _reply_error(self, client: _Client, call: RpcRequest, error: RpcError) -> None:
         if not call.notification:
@@ -491,18 +584,19 @@ class Bridge:
         if OPERATIONS[call.method].waits and not call.notification:
             progress = self._progress(client, call.id)
         try:
-            project = self.slot.get()
-            result = await perform(
-                project,
-                call.method,
-                call.params,
-                Call(cause=Cause.USER, progress=progress),
-                budget=REPLY_BUDGET,
-            )
+            _, result = await self._operate(call.method, call.params, progress)
         except TaskmuxError as exc:
             raise rpc_error_for(exc) from None
         dumped: dict[str, Any] = result.model_dump(mode="json")
         return dumped
+
+    async def _operate(
+        self, name: str, params: dict[str, Any], progress: Callable[[str], Any] | None
+    ) -> tuple[Project, BaseModel]:
+        """The project and the result of one operation, fitted to the reply budget."""
+        project = self.slot.get()
+        call = Call(cause=Cause.USER, progress=progress)
+        return project, await perform(project, name, params, call, budget=REPLY_BUDGET)
 
     @staticmethod
     def _progress(client: _Client, request_id: Any) -> Callable[[str], Any]:
@@ -698,7 +792,7 @@ def serve_bridge(
         current = slot.current
         where = current.paths.bridge if current is not None else "bridge.json"
         print(
-            f"taskmux bridge: listening on {_client_url(host, bound)} "
+            f"taskmux bridge: listening on {_client_url(_bind_host(host, allow_remote), bound)} "
             f"(token in {where}); Ctrl-C to stop",
             file=sys.stderr,
             flush=True,

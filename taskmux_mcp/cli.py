@@ -36,9 +36,10 @@ from .models import (
     StatusResult,
     WaitResult,
 )
-from .operations import OPERATIONS, Call, Kind, Operation, Param, perform
+from .operations import OPERATIONS, Call, Kind, Operation, perform
 from .project import Project
 from .redaction import NO_SECRETS
+from .wording import counted
 
 if TYPE_CHECKING:
     from .project import ProjectSlot
@@ -52,7 +53,29 @@ class UsageError(Exception):
     """A command line that cannot be acted on."""
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or default in ([], ())
+            or "(default" in text
+        ):
+            return text
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         raise UsageError(message)
@@ -193,7 +216,7 @@ def format_action(result: ActionResult) -> str:
         if task.duration_s is not None:
             extra.append(f"{task.duration_s:.2f}s")
         detail = f" ({', '.join(extra)})" if extra else ""
-        lines.append(f"{mark} {task.name}: {task.action}, {task.state.value}{detail}")
+        lines.append(f"{mark} {task.name}: {task.outcome()}{detail}")
         if task.error:
             lines.append(f"    error: {task.error}")
         if task.check_output:
@@ -489,7 +512,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
     else:
-        print(f"{cfg.config_path}: ok ({len(cfg.tasks)} tasks)")
+        print(f"{cfg.config_path}: ok ({counted(len(cfg.tasks), 'task')})")
     return EXIT_USAGE if problems else EXIT_OK
 
 
@@ -538,6 +561,12 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             with contextlib.suppress(TaskmuxError):
                 project.backend.run("kill-window", "-t", own_pane)
         return status
+    print(
+        f"taskmux monitor of {project.config.name}: applies restart policies and reloads "
+        f"{project.config_path} when it changes; Ctrl-C to stop",
+        file=sys.stderr,
+        flush=True,
+    )
     return run_monitor_foreground(project, host="cli")
 
 
@@ -590,35 +619,23 @@ def cmd_bridge_call(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ parser
 
 
-def _help(param: Param) -> str:
-    if param.required or param.default in (None, (), []):
-        return param.doc
-    if param.kind is Kind.BOOLEAN:
-        return param.doc
-    return (
-        f"{param.doc} (default: {param.default:g})"
-        if isinstance(param.default, float)
-        else f"{param.doc} (default: {param.default})"
-    )
-
-
 def add_operation(parser: argparse.ArgumentParser, op: Operation) -> None:
     """Arguments of one declared operation: task names positional, the rest as options."""
     for param in op.params:
         if param.kind is Kind.NAMES:
             parser.add_argument(
                 param.name, nargs="+" if param.required else "*", metavar=param.metavar,
-                help=_help(param),
+                help=param.doc,
             )  # fmt: skip
         elif param.kind is Kind.NAME or (param.kind is Kind.TEXT and not param.flags):
             parser.add_argument(
-                param.name, metavar=param.metavar, help=_help(param),
+                param.name, metavar=param.metavar, help=param.doc,
                 nargs=None if param.required else "?", default=None,
             )  # fmt: skip
         elif param.kind is Kind.WORDS:
             parser.add_argument(
                 *param.flags, dest=param.name, action="append", default=None,
-                metavar=param.metavar, help=_help(param) + " (repeat it for more)",
+                metavar=param.metavar, help=param.doc + " (repeat it for more)",
             )  # fmt: skip
         elif param.kind is Kind.BOOLEAN:
             if param.negation:
@@ -630,13 +647,13 @@ def add_operation(parser: argparse.ArgumentParser, op: Operation) -> None:
                 )
             else:
                 parser.add_argument(
-                    *param.flags, dest=param.name, action="store_true", help=_help(param)
+                    *param.flags, dest=param.name, action="store_true", help=param.doc
                 )
         else:
             kind = {Kind.INTEGER: int, Kind.NUMBER: float, Kind.TEXT: str}[param.kind]
             parser.add_argument(
                 *param.flags, dest=param.name, type=kind, default=param.default,
-                metavar=param.metavar, help=_help(param),
+                metavar=param.metavar, help=param.doc,
             )  # fmt: skip
 
 
@@ -673,7 +690,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], helptext: str,
                 aliases: Sequence[str] = ()) -> argparse.ArgumentParser:  # fmt: skip
-        p = sub.add_parser(name, parents=[common], help=helptext, aliases=list(aliases))
+        p = sub.add_parser(name, parents=[common], help=helptext, description=helptext,
+                           aliases=list(aliases))  # fmt: skip
         p.set_defaults(handler=handler)
         return p
 
@@ -694,37 +712,44 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
             p.add_argument("-g", "--grep", metavar="PATTERN", help="only lines matching PATTERN")
             p.add_argument("-C", "--context", type=int, default=2, metavar="N",
-                           help="with -g: lines of context (default: 2)")  # fmt: skip
+                           help="with -g: lines of context")  # fmt: skip
     p = command("add", cmd_add, "add a task to taskmux.toml")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("command", metavar="COMMAND")
-    p.add_argument("--cwd", metavar="D")
-    p.add_argument("--port", type=_port_arg, metavar="P", help='a port, or "auto"')
-    p.add_argument("--depends-on", action="append", default=[], metavar="T")
-    p.add_argument("--health-check", metavar="C")
-    p.add_argument("--health-url", metavar="U")
+    p.add_argument("name", metavar="NAME", help="the task's name")
+    p.add_argument("command", metavar="COMMAND", help="its shell command (quote it)")
+    p.add_argument("--cwd", metavar="D", help="its working folder, relative to taskmux.toml's")
+    p.add_argument("--port", type=_port_arg, metavar="P",
+                   help='the port it listens on, or "auto" for a free one')  # fmt: skip
+    p.add_argument("--depends-on", action="append", default=[], metavar="T",
+                   help="a task that must be healthy first (repeat for more)")  # fmt: skip
+    p.add_argument("--health-check", metavar="C", help="a shell command; exit 0 = healthy")
+    p.add_argument("--health-url", metavar="U", help="an HTTP URL; a 2xx or 3xx answer = healthy")
     p = command("remove", cmd_remove, "remove a task from taskmux.toml")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="the task's name")
     command("check", cmd_check, "validate taskmux.toml, cwds and commands")
     p = command("attach", cmd_attach, "attach to the session, or a task's window")
-    p.add_argument("task", nargs="?", metavar="TASK")
+    p.add_argument("task", nargs="?", metavar="TASK", help="select this task's window")
     p.add_argument("--dry-run", action="store_true", help="print the tmux command instead")
-    p = command("monitor", cmd_monitor, "run the monitor in the foreground")
+    p = command("monitor", cmd_monitor, "run the monitor in the foreground: restart policies, "
+                "health checks, and taskmux.toml reloaded when it changes (`watch`: taskmux "
+                "0.3's name)", aliases=("watch",))  # fmt: skip
     p.add_argument("--hosted", action="store_true", help=argparse.SUPPRESS)
     command("mcp", cmd_mcp, "run the stdio MCP server (same as taskmux-mcp)")
-    p = command("bridge", cmd_bridge, "serve the operations over a WebSocket (JSON-RPC 2.0)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8765, help="0 picks a free port (default 8765)")
+    p = command("bridge", cmd_bridge, "serve the operations over a WebSocket (JSON-RPC 2.0 or "
+                "taskmux 0.3's messages) and run the monitor (`daemon`: taskmux 0.3's name)",
+                aliases=("daemon",))  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; a loopback one unless --allow-remote")  # fmt: skip
+    p.add_argument("--port", type=int, default=8765, help="port to listen on; 0 picks a free one")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a non-loopback --host (anyone with the token gets in)")  # fmt: skip
     p = command("bridge-call", cmd_bridge_call, "call one method of the running bridge")
-    p.add_argument("method", metavar="METHOD")
+    p.add_argument("method", metavar="METHOD", help="an operation (status, start, ...)")
     p.add_argument(
         "params", nargs="?", metavar="JSON", help='params object, e.g. \'{"tasks":["api"]}\''
     )
     p = command("mcp-config", cmd_mcp_config, "print (or --write) an agent's MCP registration")
-    p.add_argument("client", metavar="CLIENT", choices=MCP_CLIENTS,
-                   help=", ".join(MCP_CLIENTS))  # fmt: skip
+    p.add_argument("client", metavar="CLIENT", help=f"{', '.join(MCP_CLIENTS)} (any case; "
+                   "aliases such as claude-code, vs-code or gemini-cli too)")  # fmt: skip
     p.add_argument("--write", action="store_true", help="merge it into the client's config file")
     return parser
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import CONFIG_FILENAME, default_project_name, load_config, render_new_config
+from .wording import counted
 
 NOTE_BEGIN = "<!-- taskmux:begin -->"
 NOTE_END = "<!-- taskmux:end -->"
@@ -437,7 +438,8 @@ def run_init(root: Path, *, defaults: bool, as_json: bool) -> int:
         )
     else:
         verb = "created" if created else "kept existing"
-        print(f"{verb} {path} ({len(config.tasks)} tasks: {', '.join(config.tasks) or 'none'})")
+        listed = ", ".join(config.tasks) or "none"
+        print(f"{verb} {path} ({counted(len(config.tasks), 'task')}: {listed})")
         print(f"taskmux note in {', '.join(p.name for p in notes)}")
         if config.tasks:
             print("next: `taskmux start`, and register the MCP server: `taskmux mcp-config claude`")

@@ -105,6 +105,12 @@ class TaskResult(BaseModel):
         default_factory=list, description="what could not be saved (full disk, read-only state)"
     )
 
+    def outcome(self) -> str:
+        """What was done and the state reached, in words ("started, running", "exited")."""
+        done = self.action.split("_")
+        words = " ".join(done)
+        return words if self.state.value in done else f"{words}, {self.state.value}"
+
 
 class ActionResult(BaseModel):
     """Outcome of an action over several tasks."""

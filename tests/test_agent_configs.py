@@ -17,6 +17,7 @@ from taskmux_mcp.agent_configs import (
     PLACEHOLDER_COMMAND,
     PLACEHOLDER_PROJECT,
     MergeRefused,
+    client_name,
     installed_command,
     merge,
     ready_file,
@@ -277,3 +278,40 @@ def test_run_mcp_config_errors_exit_2(
     err = capsys.readouterr().err
     assert "not valid JSON" in err and "Traceback" not in err
     assert (proj / ".mcp.json").read_text() == "{nope"
+
+
+@pytest.mark.parametrize(
+    ("spelling", "client"),
+    [
+        ("Claude", "claude"),
+        ("claude-code", "claude"),
+        ("claudecode", "claude"),
+        ("Claude_Code", "claude"),
+        ("claude code", "claude"),
+        ("vs-code", "vscode"),
+        ("VSCode", "vscode"),
+        ("code", "vscode"),
+        ("visual-studio-code", "vscode"),
+        ("gemini-cli", "gemini"),
+        ("open-code", "opencode"),
+        ("codex-cli", "codex"),
+        ("CURSOR", "cursor"),
+        ("zed", "zed"),
+    ],
+)
+def test_client_names_in_any_case_and_common_aliases(spelling: str, client: str) -> None:
+    assert client_name(spelling) == client
+
+
+def test_an_unknown_client_lists_the_valid_ones_with_a_did_you_mean(
+    proj: Path, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(MergeRefused, match=r"did you mean 'claude'\?") as typo:
+        client_name("cluade")
+    assert "choose one of: claude, codex, cursor, opencode, gemini, vscode" in str(typo.value)
+    with pytest.raises(MergeRefused) as unknown:
+        client_name("emacs")
+    assert "did you mean" not in str(unknown.value) and "windsurf, zed" in str(unknown.value)
+    assert run_mcp_config("Claude-Code", proj, write=True, as_json=True) == 0
+    assert json.loads(capsys.readouterr().out)["client"] == "claude"
+    assert (proj / ".mcp.json").exists()

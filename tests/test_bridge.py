@@ -229,6 +229,7 @@ async def test_refusals_happen_at_the_handshake_and_execute_nothing(project: Wor
     )
     async with serving(project) as running:
         start = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "start", "params": {}})
+        legacy_start = json.dumps({"command": "start"})
         no_token = await refused(running.url)
         wrong = await refused(running.url, additional_headers={"Authorization": "Bearer nope"})
         almost = running.token[:-1] + ("B" if running.token.endswith("A") else "A")
@@ -259,14 +260,15 @@ async def test_refusals_happen_at_the_handshake_and_execute_nothing(project: Wor
             f"Authorization: Bearer {running.token}\r\nOrigin: http://evil.example\r\n",
         ]
         for headers in attempts:
-            answer = await anyio.to_thread.run_sync(
-                pipelined_attempt, running.port, headers, ws_frame(start)
-            )
-            assert answer.split(b"\r\n")[0] in (
-                b"HTTP/1.1 401 Unauthorized",
-                b"HTTP/1.1 403 Forbidden",
-            )
-            assert b"jsonrpc" not in answer
+            for frame in (start, legacy_start):
+                answer = await anyio.to_thread.run_sync(
+                    pipelined_attempt, running.port, headers, ws_frame(frame)
+                )
+                assert answer.split(b"\r\n")[0] in (
+                    b"HTTP/1.1 401 Unauthorized",
+                    b"HTTP/1.1 403 Forbidden",
+                )
+                assert b"jsonrpc" not in answer and b"success" not in answer
 
         async with client(running) as rpc:
             status = validate(StatusResult, await rpc.result("status"))
@@ -458,6 +460,111 @@ async def test_bad_messages_get_errors_and_the_connection_stays_usable(project: 
         reply = await rpc.call("status")
         assert rpc.order[-1] == reply["id"] and "result" in reply
         assert validate(StatusResult, reply["result"]).tasks[0].name == "web"
+
+
+# ------------------------------------------------------------------ taskmux 0.3 messages
+
+
+async def legacy(ws: ClientConnection, message: dict[str, Any]) -> dict[str, Any]:
+    """Send a taskmux 0.3-style request; its reply (the next message)."""
+    await ws.send(json.dumps(message))
+    with anyio.fail_after(20):
+        reply: dict[str, Any] = json.loads(await ws.recv())
+    return reply
+
+
+async def test_taskmux_03_messages_get_one_reply_each_in_their_order(project: Workspace) -> None:
+    project.write(
+        """
+        [tasks.web]
+        command = "echo hello from web; exec sleep 60"
+        [tasks.slow]
+        command = "sleep 60"
+        health_check = "test -f ready"
+        health_interval = 1
+        """
+    )
+    async with serving(project) as running, client(running) as rpc:
+        ws = rpc.ws
+        started = await legacy(ws, {"command": "start", "params": {"task": "web", "timeout": 20}})
+        assert started["success"] is True and started["message"] == "web: started, running"
+        assert validate(ActionResult, started["result"]).ok
+
+        await ws.send(json.dumps({"command": "start", "params": {"task": "slow", "timeout": 30}}))
+        await ws.send(json.dumps({"command": "status"}))
+        with anyio.move_on_after(1):  # status is quick, but its reply waits for the start's
+            early = await ws.recv()
+            pytest.fail(f"a reply overtook the pending start: {early!r}")
+        (project.root / "ready").touch()
+        with anyio.fail_after(20):
+            first, second = [json.loads(await ws.recv()) for _ in range(2)]
+        assert first["success"] is True and first["message"] == "slow: started, running"
+        assert set(second) == {"session_name", "session_exists", "tasks", "timestamp"}
+        assert second["session_exists"] is True and set(second["tasks"]) == {"web", "slow"}
+        web = second["tasks"]["web"]
+        assert web["name"] == "web" and web["running"] is True and web["healthy"] is True
+        assert web["command"] == "echo hello from web; exec sleep 60" and web["state"] == "running"
+
+        with anyio.fail_after(10):  # the output reaches the log file through tmux, shortly after
+            while not (await rpc.result("grep", {"pattern": "hello"}))["matches"]:
+                await anyio.sleep(0.05)
+        logs = await legacy(ws, {"command": "logs", "params": {"task": "web", "lines": 50}})
+        assert logs["success"] is True and "hello from web" in logs["logs"]
+        assert validate(LogsResult, logs["result"]).lines
+        restarted = await legacy(ws, {"command": "restart", "params": {"task": "web"}})
+        assert restarted["success"] is True and restarted["message"].startswith("web: ")
+        killed = await legacy(ws, {"command": "kill", "params": {"task": "web"}})
+        assert killed["success"] is True and killed["message"] == "web: killed, stopped"
+        health = await legacy(ws, {"command": "health", "params": {"tasks": ["slow"]}})
+        assert validate(HealthResult, health["result"]).tasks[0].healthy
+        after = await legacy(ws, {"command": "status", "params": None})
+        assert after["tasks"]["web"]["running"] is False
+        assert after["tasks"]["web"]["healthy"] is False
+        assert validate(StatusResult, await rpc.result("status")).tasks  # JSON-RPC beside it
+
+
+async def test_bad_taskmux_03_messages_get_error_replies_in_order(project: Workspace) -> None:
+    project.write(
+        """
+        [tasks.web]
+        command = "sleep 60"
+        [tasks.broken]
+        command = "echo broken; exit 3"
+        restart_policy = "no"
+        auto_start = false
+        """
+    )
+    async with serving(project) as running, client(running) as rpc:
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"command": 5}, "command must be a string"),
+            ({"command": None}, "command must be a string"),
+            ({"command": "nope"}, "Unknown command: nope (commands: status, start,"),
+            ({"command": "subscribe"}, "Unknown command: subscribe"),
+            ({"command": "status", "params": [1]}, "params must be an object"),
+            ({"command": "status", "id": 1}, "unknown member 'id'"),
+            ({"command": "logs", "params": {"lines": "many"}}, "lines must be an integer"),
+            ({"command": "restart", "params": {"bogus": 1}}, "has no argument 'bogus'"),
+            ({"command": "kill"}, "kill needs tasks"),
+            ({"command": "inspect", "params": {"task": "ghost"}}, "known tasks: web, broken"),
+            ({"command": "grep", "params": {"pattern": "("}}, "pattern"),
+            ({"command": "start", "params": {"task": "broken", "timeout": 20}}, "broken"),
+        ]
+        for message, _ in cases:
+            await rpc.ws.send(json.dumps(message))
+        with anyio.fail_after(30):
+            replies = [json.loads(await rpc.ws.recv()) for _ in cases]
+        for (message, needle), reply in zip(cases, replies, strict=True):
+            assert isinstance(reply.get("error"), str), (message, reply)
+            assert needle in reply["error"], (message, reply)
+            assert "success" not in reply and "Traceback" not in reply["error"]
+        failed = validate(ActionResult, replies[-1]["result"])
+        assert not failed.ok and failed.tasks[0].exit_code == 3
+
+        neither = await rpc.raw('{"id": 7, "name": "status"}')
+        assert neither["id"] == 7 and neither["error"]["code"] == -32600
+        assert '{"command": "status"}' in neither["error"]["message"]
+        assert "tasks" in await legacy(rpc.ws, {"command": "status"})
+        assert "result" in await rpc.call("status")
 
 
 async def test_oversize_frame_closes_the_connection_with_1009(project: Workspace) -> None:

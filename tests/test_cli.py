@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -12,7 +15,8 @@ from pathlib import Path
 import pytest
 from support import Workspace, wait_until
 
-from taskmux_mcp.models import ActionResult, HealthResult, StatusResult
+from taskmux_mcp.cli import build_parser
+from taskmux_mcp.models import ActionResult, HealthResult, StatusResult, TaskResult, TaskState
 
 
 def no_traceback(proc: object) -> None:
@@ -355,3 +359,129 @@ def test_version_is_printed(project: Workspace) -> None:
     done = project.cli("--version")
     assert done.returncode == 0 and done.stdout.startswith("taskmux "), done
     assert done.stdout.split()[1][0].isdigit(), done.stdout
+
+
+def _taskmux(project: Workspace, *args: str) -> subprocess.Popen[str]:
+    exe = Path(sys.executable).with_name("taskmux")
+    return subprocess.Popen(
+        [str(exe), "--project", str(project.root), *args],
+        env=project.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_daemon_is_the_bridge_and_answers_a_taskmux_03_script(project: Workspace) -> None:
+    from websockets.sync.client import connect
+
+    project.write('[tasks.api]\ncommand = "sleep 1000"\n')
+    daemon = _taskmux(project, "daemon", "--port", "0", "--host", "localhost")
+    try:
+        info_path = wait_until(lambda: list(project.state_dir.glob("*/bridge.json")), timeout=20)
+        info = json.loads(info_path[0].read_text())
+        with connect(f"{info['url']}/?token={info['token']}", proxy=None) as ws:
+            ws.send(json.dumps({"command": "start", "params": {"task": "api"}}))
+            started = json.loads(ws.recv(timeout=30))
+            ws.send(json.dumps({"command": "status"}))
+            status = json.loads(ws.recv(timeout=10))
+        assert started["success"] is True and started["message"] == "api: started, running"
+        assert status["tasks"]["api"]["running"] is True and status["session_exists"] is True
+        shown = StatusResult.model_validate_json(project.cli("--json", "status").stdout)
+        assert shown.monitor.acting and shown.monitor.host == "bridge"
+        assert shown.monitor.pid == daemon.pid
+    finally:
+        daemon.send_signal(signal.SIGINT)
+        _, err = daemon.communicate(timeout=15)
+    assert daemon.returncode == 0, err
+    assert "listening on ws://127.0.0.1:" in err and "Traceback" not in err
+
+
+def test_watch_is_the_monitor_and_reloads_taskmux_toml(project: Workspace) -> None:
+    project.write('[tasks.a]\ncommand = "sleep 1000"\n')
+    watch = _taskmux(project, "watch")
+    try:
+
+        def acting_pid() -> int | None:
+            shown = StatusResult.model_validate_json(project.cli("--json", "status").stdout)
+            return shown.monitor.pid if shown.monitor.acting else None
+
+        wait_until(lambda: acting_pid() == watch.pid, timeout=20, interval=0.2)
+        project.write('[tasks.a]\ncommand = "sleep 1000"\n[tasks.b]\ncommand = "sleep 1000"\n')
+
+        def state_of_b() -> str:
+            shown = StatusResult.model_validate_json(project.cli("--json", "status").stdout)
+            return next(t.state.value for t in shown.tasks if t.name == "b")
+
+        wait_until(lambda: state_of_b() == "running", timeout=20, interval=0.2)
+        events = json.loads(project.cli("--json", "events").stdout)["events"]
+        reloads = [e["details"] for e in events if e["type"] == "config_reloaded"]
+        assert [details["added"] for details in reloads] == [["b"]]
+    finally:
+        watch.send_signal(signal.SIGINT)
+        _, err = watch.communicate(timeout=15)
+    assert watch.returncode == 0, err
+    assert "reloads" in err and "Traceback" not in err
+
+
+def test_every_option_has_help_and_shows_its_default() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [
+        f"{name} {action.dest}"
+        for name, sub in commands.choices.items()
+        for action in sub._actions
+        if not action.help and action.dest != "help"
+    ]
+    assert missing == []
+    texts = {name: sub.format_help() for name, sub in commands.choices.items()}
+    assert "seconds to wait at most (default: 60)" in texts["start"]
+    assert "how many of the last lines (default: 100)" in texts["logs"]
+    assert "(default: 8765)" in texts["daemon"] and "(default: 127.0.0.1)" in texts["bridge"]
+    assert "(default: None)" not in "".join(texts.values())
+    assert "(default: False)" not in "".join(texts.values())
+    assert "reloaded when it changes" in parser.format_help()
+
+
+def test_results_name_each_outcome_once_and_count_in_good_english(project: Workspace) -> None:
+    project.write(
+        """
+        [tasks.setup]
+        command = "echo done"
+        restart_policy = "no"
+        [tasks.web]
+        command = "sleep 1000"
+        depends_on = ["setup"]
+        """
+    )
+    started = project.cli("start")
+    assert started.returncode == 0, started.stderr
+    assert "ok  setup: exited (exit 0" in started.stdout
+    assert "ok  web: started, running (pid" in started.stdout
+    stopped = project.cli("stop")
+    assert "web: stopped (" in stopped.stdout and "setup: already stopped (" in stopped.stdout
+    for output in (started.stdout, stopped.stdout):
+        for line in output.splitlines():
+            words = line.replace(",", " ").split()
+            assert all(a != b for a, b in itertools.pairwise(words)), line
+    assert project.cli("check").stdout.endswith("ok (2 tasks)\n")
+    project.write('[tasks.only]\ncommand = "sleep 1"\n')
+    assert project.cli("check").stdout.endswith("ok (1 task)\n")
+
+    def outcome(action: str, state: TaskState) -> str:
+        return TaskResult(name="t", ok=True, action=action, state=state).outcome()
+
+    assert outcome("already_running", TaskState.RUNNING) == "already running"
+    assert outcome("killed", TaskState.STOPPED) == "killed, stopped"
+    assert outcome("already_done", TaskState.EXITED) == "already done, exited"
+
+
+def test_mcp_config_takes_any_case_and_aliases(project: Workspace) -> None:
+    project.write('[tasks.api]\ncommand = "sleep 1"\n')
+    for spelling in ("Claude", "claude-code"):
+        proc = project.cli("mcp-config", spelling)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["mcpServers"]["taskmux"]["args"][0] == "--project"
+    unknown = project.cli("mcp-config", "cluade")
+    assert unknown.returncode == 2 and "did you mean 'claude'?" in unknown.stderr
+    no_traceback(unknown)

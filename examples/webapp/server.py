@@ -1,8 +1,8 @@
 """A small HTTP API with a health endpoint."""
 
-import json
 import os
 import pathlib
+import signal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT = int(os.environ.get("PORT", "8077"))  # taskmux assigns it (port = "auto")
@@ -24,5 +24,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
-    print(f"api listening on http://127.0.0.1:{PORT}", flush=True)
-    ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it as C-c does
+    with ThreadingHTTPServer(("127.0.0.1", PORT), Handler) as server:
+        print(f"api listening on http://127.0.0.1:{PORT}", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            print("api: stopped", flush=True)
