@@ -329,12 +329,14 @@ async def stop(
     if alive and hooks and kind is StopKind.MANUAL:
         await task_hook(project, notes, "after_stop", task, cause)
     state = TaskState.STOPPED if outcome.stopped else TaskState.RUNNING
+    action = "stopped" if alive else "already_stopped"
     if ended and outcome.stopped:
         state = observe(task, project.records.get(name), after).state
+        action = f"already_{state.value}"
     return TaskResult(
         name=name,
         ok=outcome.stopped,
-        action="stopped" if alive else "already_stopped",
+        action=action,
         state=state,
         exit_code=exit_record.code if exit_record else None,
         exit_signal=processes.describe_signal(exit_record.signal) if exit_record else None,

@@ -440,7 +440,7 @@ def test_every_option_has_help_and_shows_its_default() -> None:
     assert "(default: 8765)" in texts["daemon"] and "(default: 127.0.0.1)" in texts["bridge"]
     assert "(default: None)" not in "".join(texts.values())
     assert "(default: False)" not in "".join(texts.values())
-    assert "reloaded when it changes" in parser.format_help()
+    assert "reloaded when it changes" in " ".join(parser.format_help().split())
 
 
 def test_results_name_each_outcome_once_and_count_in_good_english(project: Workspace) -> None:
@@ -459,7 +459,7 @@ def test_results_name_each_outcome_once_and_count_in_good_english(project: Works
     assert "ok  setup: exited (exit 0" in started.stdout
     assert "ok  web: started, running (pid" in started.stdout
     stopped = project.cli("stop")
-    assert "web: stopped (" in stopped.stdout and "setup: already stopped (" in stopped.stdout
+    assert "web: stopped (" in stopped.stdout and "setup: already exited (" in stopped.stdout
     for output in (started.stdout, stopped.stdout):
         for line in output.splitlines():
             words = line.replace(",", " ").split()
