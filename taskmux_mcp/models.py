@@ -143,6 +143,11 @@ class LogsResult(BaseModel):
     truncated: bool = Field(description="true when older lines were left out")
     omitted: int = Field(0, description="how many matching lines were left out, when known")
     notice: str | None = Field(None, description="what was cut to fit the reply, and why")
+    cursor: str | None = Field(
+        None,
+        description="where these lines begin: pass it as `before` (same tasks and since) to "
+        "get the lines just before them; absent when no line was returned",
+    )
 
 
 class GrepMatch(BaseModel):

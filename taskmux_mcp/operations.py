@@ -9,13 +9,13 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from .errors import ArgumentError
 from .events import Cause
-from .logs import MAX_CONTEXT, MAX_LINES, MAX_MATCHES, MAX_PATTERN
+from .logs import MAX_CONTEXT, MAX_CURSOR, MAX_LINES, MAX_MATCHES, MAX_PATTERN
 from .models import (
     ActionResult,
     BaseModel,
@@ -35,6 +35,7 @@ MAX_NAME = 64
 MAX_SINCE = 64
 MAX_EVENTS = 10_000
 MAX_TIMEOUT = 86_400.0
+MAX_STREAMED = 10**9
 Progress = Callable[[str], Awaitable[None]]
 
 
@@ -73,6 +74,11 @@ class Param:
     flags: tuple[str, ...] = ()
     negation: str | None = None
     metavar: str | None = None
+    cli_maximum: float | None = None  # where the CLI streams what agents get in pages
+
+    def for_cli(self) -> Param:
+        """The parameter as the CLI takes it (its own bound, where it has one)."""
+        return replace(self, maximum=self.cli_maximum or self.maximum)
 
     @property
     def required(self) -> bool:
@@ -206,6 +212,10 @@ class Operation:
         names |= {alias: p for p in self.params for alias in p.aliases}
         object.__setattr__(self, "by_name", names)
 
+    def for_cli(self) -> Operation:
+        """The operation with its parameters as the CLI takes them."""
+        return replace(self, params=tuple(p.for_cli() for p in self.params))
+
     def input_schema(self) -> dict[str, Any]:
         """The JSON schema of its arguments (additionalProperties false, bounds declared)."""
         schema: dict[str, Any] = {
@@ -335,7 +345,9 @@ async def _down(project: Project, args: Mapping[str, Any], call: Call) -> BaseMo
 
 
 async def _logs(project: Project, args: Mapping[str, Any], call: Call) -> BaseModel:
-    return await project.read_logs(args["tasks"], lines=args["lines"], since=args["since"])
+    return await project.read_logs(
+        args["tasks"], lines=args["lines"], since=args["since"], before=args["before"]
+    )
 
 
 async def _grep(project: Project, args: Mapping[str, Any], call: Call) -> BaseModel:
@@ -457,7 +469,10 @@ OPERATIONS: dict[str, Operation] = {
             "logs",
             "Read task logs",
             "Tasks' output as plain text (default: all tasks interleaved by time), the last "
-            "lines. Lines longer than 4000 characters are cut; says when lines were left out.",
+            f"lines (at most {MAX_LINES} per call). Lines longer than 4000 characters are cut; "
+            "says when lines were left out. To read further back, pass the result's `cursor` "
+            "as `before` (with the same tasks and since): you get the lines just before those "
+            "returned, none lost or repeated even while the log grows.",
             (
                 _tasks("only these tasks (default: all)"),
                 Param(
@@ -469,8 +484,18 @@ OPERATIONS: dict[str, Operation] = {
                     maximum=MAX_LINES,
                     flags=("-n", "--lines"),
                     metavar="N",
+                    cli_maximum=MAX_STREAMED,
                 ),
                 SINCE,
+                Param(
+                    "before",
+                    Kind.TEXT,
+                    "the `cursor` of an earlier logs result: read the lines just before it",
+                    default=None,
+                    max_length=MAX_CURSOR,
+                    flags=("--before",),
+                    metavar="CURSOR",
+                ),
             ),
             LogsResult,
             _logs,

@@ -955,17 +955,27 @@ class Project:
         )
 
     def logs_sync(
-        self, tasks: Sequence[str] = (), *, lines: int = 100, since: str | None = None
+        self,
+        tasks: Sequence[str] = (),
+        *,
+        lines: int = 100,
+        since: str | None = None,
+        before: str | None = None,
     ) -> LogsResult:
-        """The last lines of some tasks (all by default), interleaved by time."""
-        return self.logs.tail(self._names(tasks), lines=lines, since=since)
+        """The last lines of some tasks (all by default), interleaved by time, before a cursor."""
+        return self.logs.tail(self._names(tasks), lines=lines, since=since, before=before)
 
     async def read_logs(
-        self, tasks: Sequence[str] = (), *, lines: int = 100, since: str | None = None
+        self,
+        tasks: Sequence[str] = (),
+        *,
+        lines: int = 100,
+        since: str | None = None,
+        before: str | None = None,
     ) -> LogsResult:
         """Async form of logs_sync (runs in a worker thread)."""
         return await anyio.to_thread.run_sync(
-            lambda: self.logs_sync(tasks, lines=lines, since=since)
+            lambda: self.logs_sync(tasks, lines=lines, since=since, before=before)
         )
 
     def grep_sync(

@@ -577,6 +577,41 @@ def test_grep_agrees_with_cleaning_every_line(
     assert got == reference_grep(raw, re.compile(pattern), context)
 
 
+def numbered(lines: range) -> bytes:
+    return b"".join(b"line %05d\n" % i for i in lines)
+
+
+def test_pages_walk_back_through_rotated_files_while_the_log_grows(store: LogStore) -> None:
+    small = LogStore(store.log_dir, max_bytes=4000, max_files=4, writer=store.writer)
+    writer = Writer(small, "t")
+    writer.send(numbered(range(300)))
+    wait_for(lambda: texts(small, "t", lines=1) == ["line 00299"], what="300 lines")
+    first = small.tail(["t"], lines=40)
+    writer.send(numbered(range(300, 500)))  # rotates: the first page's file is now t.log.2
+    wait_for(lambda: texts(small, "t", lines=1) == ["line 00499"], what="500 lines")
+    pages = [first]
+    while pages[0].truncated:
+        assert pages[0].cursor is not None
+        pages.insert(0, small.tail(["t"], lines=40, before=pages[0].cursor))
+    numbers = [int(line.text.split()[1]) for page in pages for line in page.lines]
+    assert numbers == list(range(numbers[0], 300))
+    assert len(pages) > 2 and pages[0].omitted == 0
+    assert first.cursor is not None
+    writer.send(numbered(range(500, 1500)))  # and now every file it knew is gone
+    wait_for(lambda: texts(small, "t", lines=1) == ["line 01499"], what="1500 lines")
+    gone = small.tail(["t"], lines=40, before=first.cursor)
+    assert (gone.lines, gone.truncated, gone.cursor) == ([], False, None)
+    assert writer.close() == 0
+
+
+@pytest.mark.parametrize("cursor", ["", "not a cursor", "WzEsMl0", "W1siYSIsMV1d"])
+def test_a_cursor_that_no_logs_call_gave_is_refused(tmp_path: Path, cursor: str) -> None:
+    store = LogStore(tmp_path)
+    write_records(store.path("t"), [(datetime.now(UTC), "x")])
+    with pytest.raises(InvalidArgument, match="`cursor` of an earlier logs result"):
+        store.tail(["t"], before=cursor)
+
+
 def test_follow_streams_new_lines_across_rotations(store: LogStore) -> None:
     small = LogStore(store.log_dir, max_bytes=1000, max_files=40, writer=store.writer)
     feed(small, "t", b"old 1\nold 2\n")
