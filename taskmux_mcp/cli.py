@@ -229,15 +229,17 @@ def format_lines(
     return "\n".join(out)
 
 
-def format_grep(result: GrepResult) -> str:
-    """Human view of grep matches, grep-style."""
-    out = []
+def format_grep(result: GrepResult, separators: bool = True) -> str:
+    """Human view of grep matches, grep-style: blocks that touch are one, `--` between others."""
+    out: list[str] = []
+    previous: str | None = None
     for match in result.matches:
+        if separators and out and not (match.continues and match.task == previous):
+            out.append("--")
         out += [f"{match.task}-  {line}" for line in match.before]
         out.append(f"{match.task}:  {match.line}")
         out += [f"{match.task}-  {line}" for line in match.after]
-        if match.before or match.after:
-            out.append("--")
+        previous = match.task
     if result.truncated:
         out.append(f"… stopped after {len(result.matches)} matches")
     return "\n".join(out)
@@ -303,7 +305,7 @@ FORMATS: dict[str, Callable[[argparse.Namespace], Callable[[Any], str]]] = {
     "health": lambda args: format_health,
     "inspect": lambda args: format_inspect,
     "events": lambda args: format_events,
-    "grep": lambda args: format_grep,
+    "grep": lambda args: lambda r: format_grep(r, separators=args.context > 0),
 }
 
 
@@ -348,7 +350,7 @@ def _logs(project: Project, args: argparse.Namespace) -> int:
     shown = NO_SECRETS if getattr(args, "raw", False) else project.redactor()
     if args.grep:
         found = project.grep_sync(args.grep, names, context=args.context, since=bound["since"])
-        _emit(args, shown.model(found), format_grep)
+        _emit(args, shown.model(found), lambda r: format_grep(r, separators=args.context > 0))
         return EXIT_OK if found.matches else EXIT_FAILED
     color = sys.stdout.isatty() and not args.json
     width = max(map(len, names), default=0)

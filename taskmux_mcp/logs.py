@@ -60,8 +60,9 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _ICASE_UNSAFE = frozenset("iksIKS")  # ASCII letters with non-ASCII case-insensitive twins
 _SINCE_FORMS = (
-    "'start' (since the task's last start), a duration such as 30s, 5m, 2h, 1d or 1h30m, "
-    "or an ISO 8601 time such as 2026-11-26T14:05:00 (local) or 2026-11-26T13:05:00Z"
+    "'start' (since the task's last start), 'all' (every run kept), a duration such as 30s, "
+    "5m, 2h, 1d or 1h30m, or an ISO 8601 time such as 2026-11-26T14:05:00 (local) or "
+    "2026-11-26T13:05:00Z"
 )
 
 Since = datetime | Literal["start"] | None
@@ -69,10 +70,13 @@ Pos = tuple[int, int]  # (index of a file in a _Files snapshot, offset of a line
 
 
 def parse_since(value: str, now: datetime) -> Since:
-    """Parse a `since` argument: "start", a duration back from `now`, or an ISO 8601 time."""
+    """Parse a `since` argument: "start", "all" (None), a duration back from `now`, or an ISO
+    8601 time."""
     text = value.strip()
     if text.lower() == "start":
         return "start"
+    if text.lower() == "all":
+        return None
     if now.tzinfo is None:
         now = now.astimezone()
     try:
@@ -558,6 +562,7 @@ class _Match:
     key: bytes
     line: str
     before: list[str]
+    continues: bool
     after: list[str] = field(default_factory=list)
 
     def model(self) -> GrepMatch:
@@ -567,6 +572,7 @@ class _Match:
             line=self.line,
             before=self.before,
             after=self.after,
+            continues=self.continues,
         )
 
 
@@ -581,6 +587,14 @@ class _Block:
         self.end = len(self.s) if self.esc else length
         self._raw_lines: dict[int, tuple[int, int]] | None = None
         self._cursor = (0, 0)
+
+    def lines_between(self, start: int, stop: int, cap: int) -> int:
+        """How many output lines (markers not counted) start in [start, stop), up to cap."""
+        n, ls = 0, start
+        while n < cap and ls < stop:
+            n += not _is_marker_at(self.s, ls)
+            ls = self.line_end(ls) + 1
+        return n
 
     def line_end(self, ls: int) -> int:
         e = self.s.find(b"\n", ls, self.end)
@@ -735,19 +749,22 @@ class _GrepScan:
         self.since_key = since_key
         self.limit = limit
         self.matches: list[_Match] = []
-        self.pending: list[tuple[_Match, int]] = []
+        self.pending: _Match | None = None  # the last match, while it lacks after-context
         self.tail: deque[str] = deque(maxlen=context)
+        self.far = 2 * context + 1  # lines between two matches that keep their context apart
+        self.gap = self.far  # lines since the last match, up to `far`, where this block starts
         self.searching = True
         self.truncated = False
 
     @property
     def finished(self) -> bool:
-        return not self.searching and not self.pending
+        return not self.searching and self.pending is None
 
     def feed(self, raw: bytearray, length: int) -> None:
         block = _Block(raw, length)
-        if self.pending:
+        if self.pending is not None:
             self._serve_pending(block)
+        last: int | None = None  # the start of this block's last match
         if self.searching and not self._older(block):
             starts: Iterator[int] | list[int]
             if self.pre is None:
@@ -765,13 +782,34 @@ class _GrepScan:
                     self.truncated = True
                     self.searching = False
                     break
-                match = _Match(self.task, key, text, self._before(block, ls))
-                need = self._after(block, le, match)
+                if last is None:
+                    gap = min(self.far, self.gap + block.lines_between(0, ls, self.far))
+                else:
+                    gap = block.lines_between(block.line_end(last) + 1, ls, self.far)
+                last = ls
+                wanted, continues = self._room_before(gap)
+                match = _Match(self.task, key, text, self._before(block, ls, wanted), continues)
+                match.after, _ = self._lines_from(block, le + 1, self.context)
                 self.matches.append(match)
-                if need:
-                    self.pending.append((match, need))
+                self.pending = match if len(match.after) < self.context else None
+        if last is None:
+            self.gap = min(self.far, self.gap + block.lines_between(0, block.end, self.far))
+        else:
+            self.gap = block.lines_between(block.line_end(last) + 1, block.end, self.far)
         if self.context:
             self._remember(block)
+
+    def _room_before(self, gap: int) -> tuple[int, bool]:
+        """Cut the previous match's after-context short of a match `gap` lines after it: how
+        many lines of before-context the new match has room for, and whether none lies between
+        what the two give."""
+        if not self.matches:
+            return self.context, False
+        previous = self.matches[-1]
+        del previous.after[gap:]
+        self.pending = None
+        between = gap - len(previous.after)
+        return min(self.context, between), between <= self.context
 
     def _older(self, block: _Block) -> bool:
         if self.since_key is None or block.end == 0:
@@ -779,14 +817,14 @@ class _GrepScan:
         key = bytes(block.s[block.last_start() :][:TS_LEN])
         return _is_key(key) and key < self.since_key
 
-    def _before(self, block: _Block, ls: int) -> list[str]:
+    def _before(self, block: _Block, ls: int, wanted: int) -> list[str]:
         out: list[str] = []
-        while len(out) < self.context and ls > 0:
+        while len(out) < wanted and ls > 0:
             ls = block.prev_start(ls)
             text = block.record(ls, block.line_end(ls))[2]
             if text is not None:
                 out.append(text)
-        need = self.context - len(out)
+        need = wanted - len(out)
         carried = list(self.tail)[-need:] if need and self.tail else []
         return carried + out[::-1]
 
@@ -800,19 +838,13 @@ class _GrepScan:
             ls = le + 1
         return out, ls
 
-    def _after(self, block: _Block, le: int, match: _Match) -> int:
-        lines, _ = self._lines_from(block, le + 1, self.context)
-        match.after.extend(lines)
-        return self.context - len(lines)
-
     def _serve_pending(self, block: _Block) -> None:
-        lines, _ = self._lines_from(block, 0, max(n for _, n in self.pending))
-        still: list[tuple[_Match, int]] = []
-        for match, need in self.pending:
-            match.after.extend(lines[:need])
-            if need > len(lines):
-                still.append((match, need - len(lines)))
-        self.pending = still
+        match = self.pending
+        assert match is not None
+        lines, _ = self._lines_from(block, 0, self.context - len(match.after))
+        match.after.extend(lines)
+        if len(match.after) >= self.context:
+            self.pending = None
 
     def _remember(self, block: _Block) -> None:
         out: list[str] = []
@@ -993,7 +1025,7 @@ class LogStore:
         searched = 0
         for fi in range(first, len(files.fds)):
             fd, size = files.fds[fi], files.sizes[fi]
-            if scan.since_key is not None and fi < len(files.fds) - 1 and not scan.pending:
+            if scan.since_key is not None and fi < len(files.fds) - 1 and scan.pending is None:
                 last = _last_key(fd, size)
                 if last is not None and last < scan.since_key:
                     continue  # this whole rotated file is older than `since`

@@ -156,8 +156,18 @@ class GrepMatch(BaseModel):
     task: str
     time: datetime | None
     line: str
-    before: list[str] = Field(default_factory=list)
-    after: list[str] = Field(default_factory=list)
+    before: list[str] = Field(
+        default_factory=list,
+        description="lines before it that the previous match of its task has not given",
+    )
+    after: list[str] = Field(
+        default_factory=list, description="lines after it, up to the next match of its task"
+    )
+    continues: bool = Field(
+        False,
+        description="true when no line lies between the previous match of its task (its "
+        "`after`) and this one (its `before`): one block, as GNU grep joins them",
+    )
 
 
 class GrepResult(BaseModel):

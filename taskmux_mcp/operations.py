@@ -74,11 +74,13 @@ class Param:
     flags: tuple[str, ...] = ()
     negation: str | None = None
     metavar: str | None = None
+    cli_default: Any = REQUIRED  # where a person at a terminal wants another default
     cli_maximum: float | None = None  # where the CLI streams what agents get in pages
 
     def for_cli(self) -> Param:
-        """The parameter as the CLI takes it (its own bound, where it has one)."""
-        return replace(self, maximum=self.cli_maximum or self.maximum)
+        """The parameter as the CLI takes it (its own default and bound, where it has them)."""
+        default = self.default if self.cli_default is REQUIRED else self.cli_default
+        return replace(self, default=default, maximum=self.cli_maximum or self.maximum)
 
     @property
     def required(self) -> bool:
@@ -294,7 +296,8 @@ FORCE_PORT = Param(
 SINCE = Param(
     "since",
     Kind.TEXT,
-    '"start" (the current run only), a duration like "30s"/"5m"/"2h", or an ISO 8601 time',
+    '"start" (the current run only), "all" (every run kept), a duration like "30s"/"5m"/"2h", '
+    "or an ISO 8601 time",
     default=None,
     max_length=MAX_SINCE,
     flags=("--since",),
@@ -503,8 +506,11 @@ OPERATIONS: dict[str, Operation] = {
         Operation(
             "grep",
             "Search task logs",
-            "Search task logs (default: all tasks, rotated files too) with a Python regular "
-            "expression. Each match has its task, time, line and `context` lines around it.",
+            "Search task logs with a Python regular expression: by default every task's current "
+            'run (since="start"); since="all" searches every run kept, rotated files too. Each '
+            "match has its task, time, line and up to `context` lines around it; context "
+            "shared by matches close together is given once (`before` holds only lines the "
+            "previous match of that task did not give, `continues` says no line lies between).",
             (
                 Param(
                     "pattern",
@@ -531,7 +537,7 @@ OPERATIONS: dict[str, Operation] = {
                     default=False,
                     flags=("-i", "--ignore-case"),
                 ),
-                SINCE,
+                replace(SINCE, default="start", cli_default="all"),
                 Param(
                     "max_matches",
                     Kind.INTEGER,

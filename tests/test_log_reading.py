@@ -1,7 +1,12 @@
-"""Reading logs as a newcomer does (issue 12): every line from the CLI, pages over MCP."""
+"""Reading logs as a newcomer does (issue 12): every line from the CLI, pages over MCP, grep
+context blocks like GNU grep's."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
 from typing import Any
 
 import pytest
@@ -80,3 +85,35 @@ async def test_mcp_logs_pages_back_with_no_line_lost_or_repeated(project: Worksp
     ticks = [int(text.split()[1]) for text in by_task["ticker"][1:]]
     assert ticks == list(range(1, len(ticks) + 1))
     assert int(last_line(project, "ticker").split()[1]) > ticks[-1]  # it grew while we paged
+
+
+def gnu_grep() -> str:
+    """Path of a GNU grep, or skip."""
+    path = shutil.which("grep")
+    if path is None or "GNU" not in subprocess.check_output([path, "--version"], text=True):
+        pytest.skip("GNU grep is needed to compare with")
+    return path
+
+
+def test_cli_grep_context_blocks_are_merged_like_gnu_grep(project: Workspace) -> None:
+    grep = gnu_grep()
+    project.write('[tasks.seq]\ncommand = "seq 1 60; sleep 1000"\n')
+    assert project.cli("start", "--no-wait").returncode == 0
+    wait_until(lambda: last_line(project, "seq") == "60", timeout=10)
+    pattern = "^(5|6|9|20|22|40)$"
+    ours = project.cli("grep", pattern, "seq", "-C", "2")
+    assert ours.returncode == 0, ours.stderr
+    seq = "".join(f"{i}\n" for i in range(1, 61))
+    theirs = subprocess.check_output([grep, "-E", "-C", "2", pattern], input=seq, text=True)
+    shown = [re.sub(r"^seq[-:]  ", "", line) for line in ours.stdout.splitlines()]
+    assert shown == theirs.splitlines()
+    assert shown.count("--") == 2 and len(shown) == 9 + 7 + 5 + 2
+    found = json.loads(project.cli("--json", "grep", pattern, "seq", "-C", "2").stdout)
+    given = [t for m in found["matches"] for t in [*m["before"], m["line"], *m["after"]]]
+    assert given == [line for line in shown if line != "--"]
+    assert [m["continues"] for m in found["matches"]] == [False, True, True, False, True, False]
+
+    assert project.cli("restart", "seq").returncode == 0
+    wait_until(lambda: last_line(project, "seq") == "60", timeout=10)
+    runs = json.loads(project.cli("--json", "grep", "^5$", "seq", "-C", "0").stdout)
+    assert len(runs["matches"]) == 2  # the CLI searches every run

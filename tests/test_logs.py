@@ -251,8 +251,9 @@ def test_rotation_keeps_the_newest_files_and_grep_reads_them_in_order(store: Log
         f"line {oldest + 1:05d}",
         "line 00999",
     ]
-    assert found.matches[0].before == []
-    assert found.matches[0].after == [f"line {oldest + 1:05d}"]
+    assert (found.matches[0].before, found.matches[0].after) == ([], [])
+    assert found.matches[1].continues
+    assert found.matches[1].after == [f"line {oldest + 2:05d}"]
     assert found.files_searched == 3
     whole = small.tail(["t"], lines=MAX_LINES)
     assert [ln.text for ln in whole.lines] == kept
@@ -511,10 +512,10 @@ def test_grep_matches_cleaned_text_with_context_case_and_cap(tmp_path: Path) -> 
         ("ERROR: disk full", ["boot"], ["Error: retry"]),
     ]
     found = store.grep("error", ["t"], ignore_case=True, context=2)
-    assert [(m.line, m.before, m.after) for m in found.matches] == [
-        ("ERROR: disk full", ["boot"], ["Error: retry", "all good"]),
-        ("Error: retry", ["boot", "ERROR: disk full"], ["all good", "error again"]),
-        ("error again", ["Error: retry", "all good"], []),
+    assert [(m.line, m.before, m.after, m.continues) for m in found.matches] == [
+        ("ERROR: disk full", ["boot"], [], False),
+        ("Error: retry", [], ["all good"], True),
+        ("error again", [], [], True),
     ]
     assert [m.line for m in store.grep("(?i)error", ["t"], since="start").matches] == [
         "error again"
@@ -527,13 +528,21 @@ def test_grep_matches_cleaned_text_with_context_case_and_cap(tmp_path: Path) -> 
 
 def reference_grep(
     lines: list[bytes], rx: re.Pattern[str], context: int
-) -> list[tuple[str, list[str], list[str]]]:
+) -> list[tuple[str, list[str], list[str], bool]]:
+    """What GNU grep -C shows, per match: its line, the context lines no earlier match gave,
+    and whether its block joins the previous one."""
     texts = [clean_text(line[28:]) for line in lines if line[27:28] == b"\t"]
-    return [
-        (t, texts[max(0, i - context) : i], texts[i + 1 : i + 1 + context])
-        for i, t in enumerate(texts)
-        if rx.search(t)
-    ]
+    hits = [i for i, t in enumerate(texts) if rx.search(t)]
+    out = []
+    given = -1
+    for n, i in enumerate(hits):
+        first = max(given + 1, i - context)
+        after_end = min(i + 1 + context, hits[n + 1] if n + 1 < len(hits) else len(texts))
+        out.append(
+            (texts[i], texts[first:i], texts[i + 1 : after_end], n > 0 and first == given + 1)
+        )
+        given = after_end - 1
+    return out
 
 
 PIECES = ["ERROR", "error", "err", "or", "ok", " ", "\x1b[31m", "\x1b[0m", "\x1b[K", "\r", "\b"]
@@ -573,7 +582,7 @@ def test_grep_agrees_with_cleaning_every_line(
     write_records(store.path("t"), items)
     raw = records(store.path("t"))
     found = store.grep(pattern, ["t"], context=context, max_matches=1000)
-    got = [(m.line, m.before, m.after) for m in found.matches]
+    got = [(m.line, m.before, m.after, m.continues) for m in found.matches]
     assert got == reference_grep(raw, re.compile(pattern), context)
 
 
