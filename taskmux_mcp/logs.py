@@ -29,10 +29,12 @@ from datetime import UTC, datetime, timedelta
 from heapq import merge
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import anyio
 
 from .errors import InvalidArgument
+from .health import PROBE_AGENT
 from .locks import is_locked
 from .logwriter import MARKER_TAG, OUTPUT_SEP, TS_LEN
 from .models import GrepMatch, GrepResult, LogLine, LogsResult
@@ -49,6 +51,9 @@ _TAIL_BLOCK = 64 * 1024
 _COUNT_BLOCK = 1024 * 1024
 _COUNT_BUDGET = 4 * 1024 * 1024  # bytes scanned past the tail to count omitted lines exactly
 _GREP_BLOCK = 4 * 1024 * 1024
+_PROBE_PAGE = 500
+_PROBE_SCAN = 20_000  # lines of a run looked through for a verdict's own lines
+_HTTP_METHODS = "GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS"
 _PARTIAL_SETTLE = 0.5  # follow: a line without newline is shown once unchanged this long
 
 _OUTPUT, _MARKER, _RAW = 0, 1, 2
@@ -91,6 +96,23 @@ def parse_since(value: str, now: datetime) -> Since:
     except (ValueError, OverflowError):
         raise InvalidArgument(f"invalid since {value!r}: use {_SINCE_FORMS}") from None
     return moment
+
+
+def probe_line(health_url: str | None) -> Callable[[str], bool]:
+    """Whether a log line is taskmux's own health probe: it names the probe's user agent, or
+    it is an access-log line (method, path, HTTP version or status) for health_url's path."""
+    forms = [re.escape(PROBE_AGENT)]
+    try:
+        path = (urlsplit(health_url).path or "/") if health_url else None
+    except ValueError:
+        path = None
+    if path is not None:
+        forms.append(
+            rf"\b(?:{_HTTP_METHODS}) {re.escape(path)}(?:\?\S*)?"
+            r"(?:\s+HTTP/\d(?:\.\d)?\b|\"?\s+[1-5]\d\d\b)"
+        )
+    rx = re.compile("|".join(forms))
+    return lambda text: rx.search(text) is not None
 
 
 def _since(since: str | None) -> Since:
@@ -947,6 +969,22 @@ class LogStore:
         """Cleaned last `n` lines of the task's current run (for failure reports), cut."""
         tail = self.tail([task], lines=max(1, n), since="start", line_chars=LINE_CHARS)
         return [line.text for line in tail.lines]
+
+    def verdict_tail(self, task: str, n: int, health_url: str | None) -> list[str]:
+        """Like last_run_lines, but the `n` lines leave out taskmux's own health probes: lines
+        naming its user agent, and access-log lines of a request for health_url's path."""
+        probe = probe_line(health_url)
+        kept: list[str] = []
+        before = None
+        for _ in range(_PROBE_SCAN // _PROBE_PAGE):
+            page = self.tail(
+                [task], _PROBE_PAGE, since="start", before=before, line_chars=LINE_CHARS
+            )
+            kept[:0] = [line.text for line in page.lines if not probe(line.text)]
+            if len(kept) >= n or not page.truncated:
+                break
+            before = page.cursor
+        return kept[-n:] if n > 0 else []
 
     def _writer(self, task: str) -> tuple[bool | None, int, int]:
         """Whether the log's writer lock is held, and the pid and run its last holder wrote."""

@@ -280,6 +280,11 @@ class Project:
             ports["PORT"] = own
         return expand_ports(url, ports)
 
+    def verdict_tail(self, name: str, n: int) -> list[str]:
+        """The last n lines of the task's current run for a verdict, its health probes left out."""
+        url = self.health_url_of(name) if name in self.config.tasks else None
+        return self.logs.verdict_tail(name, n, url)
+
     def env_file_values(self, name: str) -> tuple[dict[str, str], list[str]]:
         """The variables the task's env files give it, and what is wrong with those files."""
         return load_env_files(self.config.env_files(name), self._environ)
@@ -543,7 +548,7 @@ class Project:
             action="failed",
             state=TaskState.FAILED,
             error=error,
-            log_tail=self.logs.last_run_lines(name, readiness.LOG_TAIL_LINES),
+            log_tail=self.verdict_tail(name, readiness.LOG_TAIL_LINES),
             **extra,
         )
 
@@ -842,7 +847,7 @@ class Project:
         if wait:
             for result in started.tasks:
                 if result.ok and not result.log_tail:
-                    result.log_tail = self.logs.last_run_lines(result.name, RESTART_TAIL_LINES)
+                    result.log_tail = self.verdict_tail(result.name, RESTART_TAIL_LINES)
         return started
 
     def _restarted_since(self, name: str, snap: Snapshot, moment: float) -> bool:

@@ -1,5 +1,5 @@
 """Reading logs as a newcomer does (issue 12): every line from the CLI, pages over MCP, grep
-context blocks like GNU grep's."""
+context blocks like GNU grep's, verdict tails without taskmux's own health probes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from mcp import Client
 from support import Workspace, slot_for, wait_until
 
 from taskmux_mcp.mcp_server import build_server
-from taskmux_mcp.models import LogsResult
+from taskmux_mcp.models import ActionResult, LogsResult
 
 
 @pytest.fixture
@@ -117,3 +117,48 @@ def test_cli_grep_context_blocks_are_merged_like_gnu_grep(project: Workspace) ->
     wait_until(lambda: last_line(project, "seq") == "60", timeout=10)
     runs = json.loads(project.cli("--json", "grep", "^5$", "seq", "-C", "0").stdout)
     assert len(runs["matches"]) == 2  # the CLI searches every run
+
+
+SERVER = """
+import http.server, os, sys
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    requests = 0
+
+    def do_GET(self):
+        Handler.requests += 1
+        print("request from", self.headers.get("User-Agent"), flush=True)
+        self.send_response(503)
+        self.end_headers()
+        if Handler.requests == 5:
+            print("own line: giving up after 5 requests", flush=True)
+            sys.stderr.flush()
+            os._exit(3)
+
+for i in range(1, 21):
+    print(f"own line {i}", flush=True)
+http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+def test_crash_verdict_log_tail_leaves_out_health_probes(project: Workspace) -> None:
+    (project.root / "server.py").write_text(SERVER)
+    project.write(
+        """
+        [tasks.api]
+        command = "python3 -u server.py"
+        port = "auto"
+        health_url = "http://127.0.0.1:${PORT}/health"
+        restart_policy = "no"
+        """
+    )
+    started = project.cli("--json", "start", "--timeout", "20")
+    assert started.returncode == 1, started.stderr
+    verdict = ActionResult.model_validate_json(started.stdout).tasks[0]
+    assert (verdict.action, verdict.exit_code) == ("crashed", 3), verdict
+    assert verdict.log_tail == [f"own line {i}" for i in range(7, 21)] + [
+        "own line: giving up after 5 requests"
+    ]
+    everything = project.cli("logs", "api", "--since", "start").stdout
+    assert everything.count('"GET /health HTTP/1.1" 503') == 5
+    assert everything.count("request from taskmux-health") == 5

@@ -621,6 +621,30 @@ def test_a_cursor_that_no_logs_call_gave_is_refused(tmp_path: Path, cursor: str)
         store.tail(["t"], before=cursor)
 
 
+def test_verdict_tail_counts_only_lines_that_are_not_health_probes(tmp_path: Path) -> None:
+    store = LogStore(tmp_path)
+    now = datetime.now(UTC)
+    uvicorn = '\x1b[32mINFO\x1b[0m:     127.0.0.1:5000 - "GET /health HTTP/1.1" \x1b[32m200\x1b[0m'
+    stdlib = '127.0.0.1 - - [26/Nov/2026 10:00:00] "GET /health?deep=1 HTTP/1.0" 503 -'
+    items: list[tuple[datetime, str | None]] = [(now, "old run's own line"), (now, None)]
+    items += [(now, f"own line {i}") for i in range(3)]
+    items += [(now, text) for _ in range(700) for text in (uvicorn, stdlib, "ua taskmux-health")]
+    items += [(now, '"GET /healthz HTTP/1.1" 200'), (now, "GET /api/health 200")]
+    write_records(store.path("t"), items)
+    assert store.verdict_tail("t", 4, "http://127.0.0.1:5000/health?deep=1") == [
+        "own line 1",
+        "own line 2",
+        '"GET /healthz HTTP/1.1" 200',
+        "GET /api/health 200",
+    ]
+    assert store.verdict_tail("t", 3, None) == [
+        stdlib,
+        '"GET /healthz HTTP/1.1" 200',
+        "GET /api/health 200",
+    ]
+    assert len(store.last_run_lines("t", 4)) == 4
+
+
 def test_follow_streams_new_lines_across_rotations(store: LogStore) -> None:
     small = LogStore(store.log_dir, max_bytes=1000, max_files=40, writer=store.writer)
     feed(small, "t", b"old 1\nold 2\n")
