@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from .logs import cursor_without
 from .models import BaseModel, EventsResult, GrepResult, LogsResult
 from .terminal import LINE_CHARS, cut_line
 
@@ -53,7 +54,8 @@ _CUTS: dict[type[BaseModel], tuple[str, bool, str]] = {
     EventsResult: ("events", True, "older event(s)"),
 }
 _ADVICE = {
-    LogsResult: "ask for fewer lines, a later `since`, or use grep",
+    LogsResult: "ask for fewer lines, a later `since`, or use grep; `cursor` still gives "
+    "the lines before those returned",
     GrepResult: "narrow the pattern, use `since`, or less context",
     EventsResult: "ask for a smaller limit or a later `since`",
 }
@@ -79,4 +81,6 @@ def fit(result: M, budget: int = REPLY_BUDGET) -> M:
     }
     if isinstance(fitted, LogsResult):
         update["omitted"] = fitted.omitted + dropped
+        if fitted.cursor is not None:
+            update["cursor"] = cursor_without(fitted.cursor, dropped)
     return fitted.model_copy(update=update)

@@ -29,7 +29,6 @@ from .models import (
     HealthResult,
     InspectResult,
     LogLine,
-    LogsResult,
     ProjectsResult,
     ScreenResult,
     SendResult,
@@ -261,10 +260,13 @@ def format_health(result: HealthResult) -> str:
     return format_table(rows)
 
 
-def format_lines(lines: Sequence[LogLine], prefix: bool, color: bool = False) -> str:
-    """Log lines, optionally prefixed by their task."""
+def format_lines(
+    lines: Sequence[LogLine], prefix: bool, color: bool = False, width: int | None = None
+) -> str:
+    """Log lines, optionally prefixed by their task (padded to width, or the longest name)."""
     out = []
-    width = max((len(line.task) for line in lines), default=0)
+    if width is None:
+        width = max((len(line.task) for line in lines), default=0)
     for line in lines:
         if prefix:
             label = line.task.ljust(width)
@@ -276,23 +278,17 @@ def format_lines(lines: Sequence[LogLine], prefix: bool, color: bool = False) ->
     return "\n".join(out)
 
 
-def format_logs(result: LogsResult, prefix: bool) -> str:
-    """Human view of logs."""
-    text = format_lines(result.lines, prefix, color=sys.stdout.isatty())
-    if result.truncated and result.omitted:
-        text = f"… {result.omitted} earlier line(s) left out\n{text}"
-    return text
-
-
-def format_grep(result: GrepResult) -> str:
-    """Human view of grep matches, grep-style."""
-    out = []
+def format_grep(result: GrepResult, separators: bool = True) -> str:
+    """Human view of grep matches, grep-style: blocks that touch are one, `--` between others."""
+    out: list[str] = []
+    previous: str | None = None
     for match in result.matches:
+        if separators and out and not (match.continues and match.task == previous):
+            out.append("--")
         out += [f"{match.task}-  {line}" for line in match.before]
         out.append(f"{match.task}:  {match.line}")
         out += [f"{match.task}-  {line}" for line in match.after]
-        if match.before or match.after:
-            out.append("--")
+        previous = match.task
     if result.truncated:
         out.append(f"… stopped after {len(result.matches)} matches")
     return "\n".join(out)
@@ -360,11 +356,10 @@ FORMATS: dict[str, Callable[[argparse.Namespace], Callable[[Any], str]]] = {
     "health": lambda args: format_health,
     "inspect": lambda args: format_inspect,
     "events": lambda args: format_events,
-    "grep": lambda args: format_grep,
+    "grep": lambda args: lambda r: format_grep(r, separators=args.context > 0),
     "send": lambda args: format_send,
     "screen": lambda args: format_screen,
     "wait_for": lambda args: format_wait,
-    "logs": lambda args: lambda r: format_logs(r, prefix=len(args.tasks) != 1),
 }
 
 
@@ -380,8 +375,8 @@ def cmd_operation(args: argparse.Namespace) -> int:
         return EXIT_OK
     project = open_project(args)
     _config_warning(project)
-    if op.name == "logs" and (args.follow or args.grep):
-        return _logs_extras(project, args, op.bind(raw))
+    if op.name == "logs":
+        return _logs(project, args)
     shown = NO_SECRETS if getattr(args, "raw", False) else project.redactor()
     if op.name == "status":
         status = project.status_sync(op.bind(raw)["tasks"])  # no event loop: quick
@@ -401,23 +396,44 @@ def cmd_operation(args: argparse.Namespace) -> int:
     return _exit_for(result)
 
 
-def _logs_extras(project: Project, args: argparse.Namespace, bound: dict[str, Any]) -> int:
+def _logs(project: Project, args: argparse.Namespace) -> int:
+    """logs: every line asked for, streamed (or followed, or searched with -g)."""
+    op: Operation = args.operation.for_cli()
+    bound = op.bind(_raw(op, args))
     names = project.config.require(bound["tasks"]) if bound["tasks"] else list(project.config.tasks)
     shown = NO_SECRETS if getattr(args, "raw", False) else project.redactor()
     if args.grep:
         found = project.grep_sync(args.grep, names, context=args.context, since=bound["since"])
-        _emit(args, shown.model(found), format_grep)
+        _emit(args, shown.model(found), lambda r: format_grep(r, separators=args.context > 0))
         return EXIT_OK if found.matches else EXIT_FAILED
     color = sys.stdout.isatty() and not args.json
-    try:
-        for seen in project.logs.follow(names, since=bound["since"], lines=bound["lines"]):
-            line = shown.model(seen)
-            if args.json:
-                print(line.model_dump_json(), flush=True)
-            else:
-                print(format_lines([line], prefix=len(names) > 1, color=color), flush=True)
-    except KeyboardInterrupt:
+    width = max(map(len, names), default=0)
+
+    def show(line: LogLine) -> str:
+        line = line.model_copy(update={"text": shown.text(line.text)})
+        if args.json:
+            return line.model_dump_json()
+        return format_lines([line], prefix=len(names) > 1, color=color, width=width)
+
+    if args.follow:
+        try:
+            for line in project.logs.follow(names, since=bound["since"], lines=bound["lines"]):
+                print(show(line), flush=True)
+        except KeyboardInterrupt:
+            pass
         return EXIT_OK
+    with project.logs.reading(
+        names, bound["lines"], bound["since"], before=bound["before"]
+    ) as read:
+        if args.json:
+            print('{"lines": [')
+        elif read.truncated and read.omitted:
+            print(f"… {read.omitted} earlier line(s) left out")
+        for i, line in enumerate(read.lines()):
+            print(("," if args.json and i else "") + show(line))
+        if args.json:
+            rest = read.result([]).model_dump(mode="json", exclude={"lines"})
+            print("], " + json.dumps(rest)[1:])
     return EXIT_OK
 
 
@@ -701,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     for op in OPERATIONS.values():
         p = command(op.cli or op.name, cmd_operation, op.title.lower(), aliases.get(op.name, ()))
         p.set_defaults(operation=op)
-        add_operation(p, op)
+        add_operation(p, op.for_cli())
         if op.name == "status":
             p.add_argument("--all", action="store_true",
                            help="every taskmux project on this tmux server")  # fmt: skip

@@ -27,6 +27,7 @@ import anyio.to_thread
 import psutil
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+PROBE_AGENT = "taskmux-health"  # the User-Agent of HTTP probes, so logs can tell them apart
 _OUTPUT_TAIL = 500
 _BODY_SNIPPET = 200
 _KEEP_BYTES = 8192
@@ -260,7 +261,7 @@ def _parse_url(url: str) -> _Target:
     lines = [
         f"GET {path} HTTP/1.1",
         f"Host: {host_header}",
-        "User-Agent: taskmux-health",
+        f"User-Agent: {PROBE_AGENT}",
         "Accept: */*",
         "Connection: close",
     ]

@@ -183,7 +183,7 @@ async def wait_for(
             task=name, ok=True, outcome="matched", line=line.text, time=line.time,
             before=context, state=seen.state, waited_s=waited,
         )  # fmt: skip
-    tail = project.logs.last_run_lines(name, TAIL_LINES)
+    tail = project.verdict_tail(name, TAIL_LINES)
     if pane is None or pane.dead:
         outcome = "exited" if running else "not_running"
         why = (

@@ -1,16 +1,19 @@
 """Task log files: the pipe that writes them, and reading them back (tail, since, grep, follow).
 
 Files and their format are described in logwriter.py. Readers never load whole files: tail
-reads backwards from the end, grep streams forwards in blocks and only cleans the lines a
-cheap byte-level prefilter cannot rule out. Text given to readers is cleaned: ANSI escape
+finds where the last lines begin by reading backwards from the end (or a cursor), then streams
+them forwards; grep streams forwards in blocks and only cleans the lines a cheap byte-level
+prefilter cannot rule out. Text given to readers is cleaned: ANSI escape
 sequences removed and carriage-return / backspace redraws resolved as a terminal shows them.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import importlib
+import json
 import os
 import re
 import shlex
@@ -26,10 +29,12 @@ from datetime import UTC, datetime, timedelta
 from heapq import merge
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import anyio
 
 from .errors import InvalidArgument
+from .health import PROBE_AGENT
 from .locks import is_locked
 from .logwriter import MARKER_TAG, OUTPUT_SEP, TS_LEN
 from .models import GrepMatch, GrepResult, LogLine, LogsResult
@@ -39,12 +44,16 @@ from .terminal import LINE_CHARS, clean_text, cut_line
 MAX_LINES = 5000
 MAX_CONTEXT = 50
 MAX_MATCHES = 10_000
+MAX_CURSOR = 64 * 1024
 WRITERS = ("perl", "python")
 
 _TAIL_BLOCK = 64 * 1024
 _COUNT_BLOCK = 1024 * 1024
 _COUNT_BUDGET = 4 * 1024 * 1024  # bytes scanned past the tail to count omitted lines exactly
 _GREP_BLOCK = 4 * 1024 * 1024
+_PROBE_PAGE = 500
+_PROBE_SCAN = 20_000  # lines of a run looked through for a verdict's own lines
+_HTTP_METHODS = "GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS"
 _PARTIAL_SETTLE = 0.5  # follow: a line without newline is shown once unchanged this long
 
 _OUTPUT, _MARKER, _RAW = 0, 1, 2
@@ -56,18 +65,23 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _ICASE_UNSAFE = frozenset("iksIKS")  # ASCII letters with non-ASCII case-insensitive twins
 _SINCE_FORMS = (
-    "'start' (since the task's last start), a duration such as 30s, 5m, 2h, 1d or 1h30m, "
-    "or an ISO 8601 time such as 2026-11-26T14:05:00 (local) or 2026-11-26T13:05:00Z"
+    "'start' (since the task's last start), 'all' (every run kept), a duration such as 30s, "
+    "5m, 2h, 1d or 1h30m, or an ISO 8601 time such as 2026-11-26T14:05:00 (local) or "
+    "2026-11-26T13:05:00Z"
 )
 
 Since = datetime | Literal["start"] | None
+Pos = tuple[int, int]  # (index of a file in a _Files snapshot, offset of a line start in it)
 
 
-def parse_since(value: str, now: datetime) -> datetime | Literal["start"]:
-    """Parse a `since` argument: "start", a duration back from `now`, or an ISO 8601 time."""
+def parse_since(value: str, now: datetime) -> Since:
+    """Parse a `since` argument: "start", "all" (None), a duration back from `now`, or an ISO
+    8601 time."""
     text = value.strip()
     if text.lower() == "start":
         return "start"
+    if text.lower() == "all":
+        return None
     if now.tzinfo is None:
         now = now.astimezone()
     try:
@@ -82,6 +96,27 @@ def parse_since(value: str, now: datetime) -> datetime | Literal["start"]:
     except (ValueError, OverflowError):
         raise InvalidArgument(f"invalid since {value!r}: use {_SINCE_FORMS}") from None
     return moment
+
+
+def probe_line(health_url: str | None) -> Callable[[str], bool]:
+    """Whether a log line is taskmux's own health probe: it names the probe's user agent, or
+    it is an access-log line (method, path, HTTP version or status) for health_url's path."""
+    forms = [re.escape(PROBE_AGENT)]
+    try:
+        path = (urlsplit(health_url).path or "/") if health_url else None
+    except ValueError:
+        path = None
+    if path is not None:
+        forms.append(
+            rf"\b(?:{_HTTP_METHODS}) {re.escape(path)}(?:\?\S*)?"
+            r"(?:\s+HTTP/\d(?:\.\d)?\b|\"?\s+[1-5]\d\d\b)"
+        )
+    rx = re.compile("|".join(forms))
+    return lambda text: rx.search(text) is not None
+
+
+def _since(since: str | None) -> Since:
+    return None if since is None else parse_since(since, datetime.now(UTC))
 
 
 def _split(line: bytes) -> tuple[int, bytes, bytes]:
@@ -191,6 +226,7 @@ class _Files:
     def __init__(self, base: Path) -> None:
         self.fds: list[int] = []
         self.sizes: list[int] = []
+        self.inodes: list[int] = []
         last = 0
         with contextlib.suppress(OSError):
             for entry in os.scandir(base.parent):
@@ -212,6 +248,12 @@ class _Files:
             seen.add((st.st_dev, st.st_ino))
             self.fds.insert(0, fd)
             self.sizes.insert(0, st.st_size)
+            self.inodes.insert(0, st.st_ino)
+
+    @property
+    def end(self) -> Pos | None:
+        """Where the newest file ended when it was opened (None: the task has no log)."""
+        return (len(self.fds) - 1, self.sizes[-1]) if self.fds else None
 
     def __enter__(self) -> _Files:
         return self
@@ -291,44 +333,249 @@ def _blocks_forward(fd: int, start: int, end: int, size: int) -> Iterator[tuple[
         yield buf, have
 
 
-def _last_marker(files: _Files) -> tuple[int, int] | None:
-    """(file index, offset just after) of the newest start marker."""
-    for fi in range(len(files.fds) - 1, -1, -1):
-        for start, block in _blocks_back(files.fds[fi], files.sizes[fi], _COUNT_BLOCK):
-            p = len(block)
-            while (p := block.rfind(MARKER_TAG, 0, p)) >= 0:
-                ls = p - TS_LEN
-                if ls >= 0 and (ls == 0 or block[ls - 1] == _NL) and _is_marker_at(block, ls):
-                    nl = block.find(b"\n", p)
-                    return fi, start + (len(block) if nl < 0 else nl + 1)
+def _marker_end(block: bytes) -> int | None:
+    """Offset just after the newest start-marker line of a block of whole lines, if any."""
+    p = len(block)
+    while (p := block.rfind(MARKER_TAG, 0, p)) >= 0:
+        ls = p - TS_LEN
+        if ls >= 0 and (ls == 0 or block[ls - 1] == _NL) and _is_marker_at(block, ls):
+            nl = block.find(b"\n", p)
+            return len(block) if nl < 0 else nl + 1
     return None
 
 
-def _count_back(
-    files: _Files, fi: int, end: int, since: Since, since_key: bytes | None
-) -> tuple[int, bool]:
-    """Lines before offset `end` of file `fi` that `since` admits: (count, exact)."""
-    count = scanned = 0
-    for i in range(fi, -1, -1):
-        stop = end if i == fi else files.sizes[i]
-        for _, block in _blocks_back(files.fds[i], stop, _COUNT_BLOCK):
-            if scanned >= _COUNT_BUDGET:
-                return count, False
-            scanned += len(block)
-            if since == "start":
-                p = len(block)
-                while (p := block.rfind(MARKER_TAG, 0, p)) >= 0:
-                    ls = p - TS_LEN
-                    if ls >= 0 and (ls == 0 or block[ls - 1] == _NL) and _is_marker_at(block, ls):
-                        nl = block.find(b"\n", p)
-                        return count + (block.count(b"\n", nl + 1) if nl >= 0 else 0), True
-            elif since_key is not None and block[:TS_LEN] < since_key:
-                lines = block.split(b"\n")
-                if lines and not lines[-1]:
-                    lines.pop()
-                return count + sum(1 for ln in lines if ln[:TS_LEN] >= since_key), True
-            count += block.count(b"\n")
-    return count, True
+def _older_end(block: bytes, since_key: bytes) -> int | None:
+    """Offset just after the newest line of a block that is older than since_key, if any."""
+    first = block[:TS_LEN]
+    if _is_key(first) and first >= since_key:
+        return None
+    e = len(block) - 1 if block.endswith(b"\n") else len(block)
+    while True:
+        s = block.rfind(b"\n", 0, e) + 1
+        key = block[s : s + TS_LEN]
+        if _is_key(key) and key < since_key:
+            return min(e + 1, len(block))
+        if s == 0:
+            return None
+        e = s - 1
+
+
+def _start_of_last(block: bytes, k: int) -> int:
+    """Offset where the last k lines of a block of whole lines begin."""
+    e = len(block) - 1 if block.endswith(b"\n") else len(block)
+    s = len(block)
+    for _ in range(k):
+        s = block.rfind(b"\n", 0, e) + 1
+        e = s - 1
+    return s
+
+
+def _last_marker(files: _Files) -> Pos | None:
+    """(file index, offset just after) of the newest start marker."""
+    for fi in range(len(files.fds) - 1, -1, -1):
+        for start, block in _blocks_back(files.fds[fi], files.sizes[fi], _COUNT_BLOCK):
+            end = _marker_end(block)
+            if end is not None:
+                return fi, start + end
+    return None
+
+
+def _walk_back(
+    files: _Files,
+    end: Pos,
+    when: Since,
+    limit: int | None = None,
+    *,
+    block: int = _TAIL_BLOCK,
+    budget: int | None = None,
+) -> tuple[Pos, int, bool]:
+    """Walk back from `end` over at most `limit` lines that `when` admits: (where the earliest
+    of them starts, how many, whether no admitted line is left before it)."""
+    since_key = _key(when) if isinstance(when, datetime) else None
+    pos, count, scanned = end, 0, 0
+    for fi in range(end[0], -1, -1):
+        stop = end[1] if fi == end[0] else files.sizes[fi]
+        for start, data in _blocks_back(files.fds[fi], stop, block):
+            if budget is not None and scanned >= budget:
+                return pos, count, False
+            scanned += len(data)
+            if when == "start":
+                bound = _marker_end(data)
+            else:
+                bound = None if since_key is None else _older_end(data, since_key)
+            first = bound or 0
+            n = 0 if first >= len(data) else data.count(b"\n", first) + (data[-1] != _NL)
+            if limit is not None and count + n > limit:
+                return (fi, start + _start_of_last(data, limit - count)), limit, False
+            count += n
+            pos = (fi, start + first)
+            if bound is not None:
+                return pos, count, True
+    return pos, count, True
+
+
+def _key_before(files: _Files, pos: Pos) -> bytes:
+    """The time of the newest record before `pos` that has one (b"" if none does)."""
+    for fi in range(pos[0], -1, -1):
+        stop = pos[1] if fi == pos[0] else files.sizes[fi]
+        for _, block in _blocks_back(files.fds[fi], stop, _TAIL_BLOCK):
+            for line in reversed(block.rstrip(b"\n").split(b"\n")):
+                key = _split(line)[1]
+                if key:
+                    return key
+    return b""
+
+
+def _records(files: _Files, start: Pos, end: Pos) -> Iterator[tuple[Pos, bytes]]:
+    """(position, record) of every line from `start` to `end`, oldest first."""
+    for fi in range(start[0], end[0] + 1):
+        pos = start[1] if fi == start[0] else 0
+        stop = end[1] if fi == end[0] else files.sizes[fi]
+        for buf, length in _blocks_forward(files.fds[fi], pos, stop, _TAIL_BLOCK):
+            parts = bytes(buf[:length]).split(b"\n")
+            if not parts[-1]:
+                parts.pop()
+            for part in parts:
+                yield (fi, pos), part
+                pos += len(part) + 1
+
+
+_NOT_A_CURSOR = "before must be the `cursor` of an earlier logs result (of the same tasks)"
+Mark = tuple[int, int, str]  # inode of a log file, offset of a line start, key of the line before
+
+
+def _encode_cursor(shown: int, marks: dict[str, Mark]) -> str:
+    data = [shown, [[task, *mark] for task, mark in marks.items()]]
+    text = json.dumps(data, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(text).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[int, dict[str, Mark]]:
+    try:
+        shown, entries = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        marks = {task: (inode, offset, check) for task, inode, offset, check in entries}
+    except (ValueError, TypeError):
+        raise InvalidArgument(_NOT_A_CURSOR) from None
+    numbers = [shown, *(n for inode, offset, _ in marks.values() for n in (inode, offset))]
+    texts = [*marks, *(check for _, _, check in marks.values())]
+    if not all(type(n) is int and n >= 0 for n in numbers) or not all(
+        isinstance(t, str) for t in texts
+    ):
+        raise InvalidArgument(_NOT_A_CURSOR)
+    return shown, marks
+
+
+def cursor_without(cursor: str, oldest: int) -> str:
+    """The cursor of a logs result whose `oldest` first lines were then left out."""
+    shown, marks = _decode_cursor(cursor)
+    return _encode_cursor(max(0, shown - oldest), marks)
+
+
+def _mark(files: _Files, pos: Pos) -> Mark:
+    fi, offset = pos
+    return files.inodes[fi], offset, (_last_key(files.fds[fi], offset) or b"").decode("latin-1")
+
+
+def _resolve(files: _Files, mark: Mark | None) -> Pos | None:
+    """Where a mark of a cursor is in this snapshot (None: its file was rotated away)."""
+    if mark is None or mark[0] not in files.inodes:
+        return None
+    fi = files.inodes.index(mark[0])
+    pos = (fi, mark[1])
+    return pos if mark[1] <= files.sizes[fi] and _mark(files, pos) == mark else None
+
+
+@dataclass
+class _Span:
+    """The lines of one task's log that a read covers."""
+
+    task: str
+    files: _Files
+    start: Pos
+    end: Pos
+    count: int
+    older: int  # lines `since` admits before `start`
+    after: Pos | None = None  # where the lines after the ones shown begin
+    skipped: int = 0  # lines after the ones shown
+
+
+class LogRead:
+    """What one logs call shows: the last `lines` lines of some tasks, interleaved by time,
+    within `since` and before a cursor, read forward while it goes (nothing held in memory).
+
+    A cursor names, per task, a position that stays put while the log grows or rotates, plus
+    how many of the newest lines before those positions were shown; the lines before a cursor
+    are the ones just before those shown.
+    """
+
+    def __init__(
+        self,
+        opened: Sequence[tuple[str, _Files]],
+        lines: int,
+        since: str | None = None,
+        *,
+        before: str | None = None,
+        line_chars: int | None = None,
+    ) -> None:
+        if lines < 1:
+            raise InvalidArgument(f"lines must be at least 1 (got {lines})")
+        when = _since(since)
+        skip, marks = (0, None) if before is None else _decode_cursor(before)
+        self._line_chars = line_chars
+        self._spans: list[_Span] = []
+        for task, files in opened:
+            end = files.end if marks is None else _resolve(files, marks.get(task))
+            if end is None:
+                continue
+            start, count, complete = _walk_back(files, end, when, skip + lines)
+            older = 0
+            if not complete:
+                older = _walk_back(files, start, when, block=_COUNT_BLOCK, budget=_COUNT_BUDGET)[1]
+            self._spans.append(_Span(task, files, start, end, count, older))
+        total = sum(span.count for span in self._spans)
+        self._first = max(0, total - skip - lines)
+        self.shown = min(lines, max(0, total - skip))
+        self.omitted = self._first + sum(span.older for span in self._spans)
+        self.truncated = self.omitted > 0
+
+    def lines(self) -> Iterator[LogLine]:
+        """The lines shown, oldest first (read them all before asking for the cursor)."""
+        streams = [self._keyed(i, span) for i, span in enumerate(self._spans)]
+        for n, (_, i, pos, record) in enumerate(merge(*streams, key=lambda item: item[0])):
+            span = self._spans[i]
+            if self._first <= n < self._first + self.shown:
+                kind, key, body = _split(record)
+                yield _log_line(span.task, kind, key, body, self._line_chars)
+            elif n >= self._first:
+                span.after = span.after or pos
+                span.skipped += 1
+
+    @staticmethod
+    def _keyed(i: int, span: _Span) -> Iterator[tuple[bytes, int, Pos, bytes]]:
+        """The span's records with the time they sort by (a line without one takes the time
+        of the line before it, even before the span: every read sorts it the same way)."""
+        last: bytes | None = None
+        for pos, record in _records(span.files, span.start, span.end):
+            key = _split(record)[1]
+            if not key and last is None:
+                key = _key_before(span.files, pos)
+            last = key or last
+            yield last or b"", i, pos, record
+
+    def result(self, lines: list[LogLine]) -> LogsResult:
+        """The result of the read with these of its lines (read them all first)."""
+        return LogsResult(
+            lines=lines, truncated=self.truncated, omitted=self.omitted, cursor=self.cursor()
+        )
+
+    def cursor(self) -> str | None:
+        """Where the lines shown begin, as `before` takes it (None: nothing shown or left)."""
+        marks = {
+            span.task: _mark(span.files, span.after or span.end)
+            for span in self._spans
+            if span.count - span.skipped + span.older
+        }
+        return _encode_cursor(self.shown, marks) if marks else None
 
 
 @dataclass
@@ -337,6 +584,7 @@ class _Match:
     key: bytes
     line: str
     before: list[str]
+    continues: bool
     after: list[str] = field(default_factory=list)
 
     def model(self) -> GrepMatch:
@@ -346,6 +594,7 @@ class _Match:
             line=self.line,
             before=self.before,
             after=self.after,
+            continues=self.continues,
         )
 
 
@@ -360,6 +609,14 @@ class _Block:
         self.end = len(self.s) if self.esc else length
         self._raw_lines: dict[int, tuple[int, int]] | None = None
         self._cursor = (0, 0)
+
+    def lines_between(self, start: int, stop: int, cap: int) -> int:
+        """How many output lines (markers not counted) start in [start, stop), up to cap."""
+        n, ls = 0, start
+        while n < cap and ls < stop:
+            n += not _is_marker_at(self.s, ls)
+            ls = self.line_end(ls) + 1
+        return n
 
     def line_end(self, ls: int) -> int:
         e = self.s.find(b"\n", ls, self.end)
@@ -514,19 +771,22 @@ class _GrepScan:
         self.since_key = since_key
         self.limit = limit
         self.matches: list[_Match] = []
-        self.pending: list[tuple[_Match, int]] = []
+        self.pending: _Match | None = None  # the last match, while it lacks after-context
         self.tail: deque[str] = deque(maxlen=context)
+        self.far = 2 * context + 1  # lines between two matches that keep their context apart
+        self.gap = self.far  # lines since the last match, up to `far`, where this block starts
         self.searching = True
         self.truncated = False
 
     @property
     def finished(self) -> bool:
-        return not self.searching and not self.pending
+        return not self.searching and self.pending is None
 
     def feed(self, raw: bytearray, length: int) -> None:
         block = _Block(raw, length)
-        if self.pending:
+        if self.pending is not None:
             self._serve_pending(block)
+        last: int | None = None  # the start of this block's last match
         if self.searching and not self._older(block):
             starts: Iterator[int] | list[int]
             if self.pre is None:
@@ -544,13 +804,34 @@ class _GrepScan:
                     self.truncated = True
                     self.searching = False
                     break
-                match = _Match(self.task, key, text, self._before(block, ls))
-                need = self._after(block, le, match)
+                if last is None:
+                    gap = min(self.far, self.gap + block.lines_between(0, ls, self.far))
+                else:
+                    gap = block.lines_between(block.line_end(last) + 1, ls, self.far)
+                last = ls
+                wanted, continues = self._room_before(gap)
+                match = _Match(self.task, key, text, self._before(block, ls, wanted), continues)
+                match.after, _ = self._lines_from(block, le + 1, self.context)
                 self.matches.append(match)
-                if need:
-                    self.pending.append((match, need))
+                self.pending = match if len(match.after) < self.context else None
+        if last is None:
+            self.gap = min(self.far, self.gap + block.lines_between(0, block.end, self.far))
+        else:
+            self.gap = block.lines_between(block.line_end(last) + 1, block.end, self.far)
         if self.context:
             self._remember(block)
+
+    def _room_before(self, gap: int) -> tuple[int, bool]:
+        """Cut the previous match's after-context short of a match `gap` lines after it: how
+        many lines of before-context the new match has room for, and whether none lies between
+        what the two give."""
+        if not self.matches:
+            return self.context, False
+        previous = self.matches[-1]
+        del previous.after[gap:]
+        self.pending = None
+        between = gap - len(previous.after)
+        return min(self.context, between), between <= self.context
 
     def _older(self, block: _Block) -> bool:
         if self.since_key is None or block.end == 0:
@@ -558,14 +839,14 @@ class _GrepScan:
         key = bytes(block.s[block.last_start() :][:TS_LEN])
         return _is_key(key) and key < self.since_key
 
-    def _before(self, block: _Block, ls: int) -> list[str]:
+    def _before(self, block: _Block, ls: int, wanted: int) -> list[str]:
         out: list[str] = []
-        while len(out) < self.context and ls > 0:
+        while len(out) < wanted and ls > 0:
             ls = block.prev_start(ls)
             text = block.record(ls, block.line_end(ls))[2]
             if text is not None:
                 out.append(text)
-        need = self.context - len(out)
+        need = wanted - len(out)
         carried = list(self.tail)[-need:] if need and self.tail else []
         return carried + out[::-1]
 
@@ -579,19 +860,13 @@ class _GrepScan:
             ls = le + 1
         return out, ls
 
-    def _after(self, block: _Block, le: int, match: _Match) -> int:
-        lines, _ = self._lines_from(block, le + 1, self.context)
-        match.after.extend(lines)
-        return self.context - len(lines)
-
     def _serve_pending(self, block: _Block) -> None:
-        lines, _ = self._lines_from(block, 0, max(n for _, n in self.pending))
-        still: list[tuple[_Match, int]] = []
-        for match, need in self.pending:
-            match.after.extend(lines[:need])
-            if need > len(lines):
-                still.append((match, need - len(lines)))
-        self.pending = still
+        match = self.pending
+        assert match is not None
+        lines, _ = self._lines_from(block, 0, self.context - len(match.after))
+        match.after.extend(lines)
+        if len(match.after) >= self.context:
+            self.pending = None
 
     def _remember(self, block: _Block) -> None:
         out: list[str] = []
@@ -666,8 +941,24 @@ class LogStore:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
 
-    def _since(self, since: str | None) -> Since:
-        return None if since is None else parse_since(since, datetime.now(UTC))
+    @contextlib.contextmanager
+    def reading(
+        self,
+        tasks: Sequence[str],
+        lines: int = 100,
+        since: str | None = None,
+        *,
+        before: str | None = None,
+        line_chars: int | None = None,
+    ) -> Iterator[LogRead]:
+        """The last `lines` lines of tasks (before a cursor), to stream while the files stay
+        open (a `taskmux logs -n 200000` holds no more than a block of each log)."""
+        with contextlib.ExitStack() as stack:
+            opened = [
+                (task, stack.enter_context(_Files(self.path(task))))
+                for task in dict.fromkeys(tasks)
+            ]
+            yield LogRead(opened, lines, since, before=before, line_chars=line_chars)
 
     def tail(
         self,
@@ -675,62 +966,14 @@ class LogStore:
         lines: int = 100,
         since: str | None = None,
         *,
+        before: str | None = None,
         line_chars: int | None = None,
     ) -> LogsResult:
-        """The last `lines` lines (at most MAX_LINES) of tasks, interleaved by time, cleaned
-        (and cut past line_chars characters, when given)."""
-        if lines < 1:
-            raise InvalidArgument(f"lines must be at least 1 (got {lines})")
+        """The last `lines` lines (at most MAX_LINES) of tasks, interleaved by time, before a
+        cursor when given, cleaned (and cut past line_chars characters, when given)."""
         limit = min(lines, MAX_LINES)
-        when = self._since(since)
-        per_task = []
-        truncated, omitted = False, 0
-        for task in dict.fromkeys(tasks):
-            with _Files(self.path(task)) as files:
-                got, cut, left = self._tail_files(task, files, limit, when, line_chars)
-            per_task.append(got)
-            truncated |= cut
-            omitted += left
-        merged = list(merge(*per_task, key=lambda item: item[0]))
-        if len(merged) > limit:
-            omitted += len(merged) - limit
-            truncated = True
-            merged = merged[-limit:]
-        return LogsResult(lines=[line for _, line in merged], truncated=truncated, omitted=omitted)
-
-    def _tail_files(
-        self, task: str, files: _Files, limit: int, when: Since, line_chars: int | None = None
-    ) -> tuple[list[tuple[bytes, LogLine]], bool, int]:
-        """Newest `limit` lines of one task (oldest first, with sort keys), cut flag, omitted."""
-        since_key = _key(when) if isinstance(when, datetime) else None
-        out: list[tuple[bytes, LogLine]] = []
-        last_key = b"\xff"
-        for fi in range(len(files.fds) - 1, -1, -1):
-            for start, block in _blocks_back(files.fds[fi], files.sizes[fi], _TAIL_BLOCK):
-                parts = block.split(b"\n")
-                if not parts[-1]:
-                    parts.pop()
-                for i in range(len(parts) - 1, -1, -1):
-                    kind, key, body = _split(parts[i])
-                    if kind == _MARKER and when == "start":
-                        return out[::-1], False, 0
-                    if since_key is not None and key and key < since_key:
-                        return out[::-1], False, 0
-                    if len(out) >= limit:
-                        rest = parts[: i + 1]
-                        if when == "start":
-                            for j in range(len(rest) - 1, -1, -1):
-                                if _split(rest[j])[0] == _MARKER:
-                                    return out[::-1], True, len(rest) - 1 - j
-                        elif since_key is not None:
-                            inside = sum(1 for ln in rest if ln[:TS_LEN] >= since_key)
-                            if inside < len(rest):
-                                return out[::-1], True, inside
-                        more, _ = _count_back(files, fi, start, when, since_key)
-                        return out[::-1], True, len(rest) + more
-                    last_key = key or last_key
-                    out.append((last_key, _log_line(task, kind, key, body, line_chars)))
-        return out[::-1], False, 0
+        with self.reading(tasks, limit, since, before=before, line_chars=line_chars) as read:
+            return read.result(list(read.lines()))
 
     def last_run_lines(self, task: str, n: int = 20) -> list[str]:
         """Cleaned last `n` lines of the task's current run (for failure reports), cut."""
@@ -740,6 +983,22 @@ class LogStore:
     def writer_run(self, task: str) -> int:
         """The run that the task's log writer was last started for (0: none yet)."""
         return self._writer(task)[2]
+
+    def verdict_tail(self, task: str, n: int, health_url: str | None) -> list[str]:
+        """Like last_run_lines, but the `n` lines leave out taskmux's own health probes: lines
+        naming its user agent, and access-log lines of a request for health_url's path."""
+        probe = probe_line(health_url)
+        kept: list[str] = []
+        before = None
+        for _ in range(_PROBE_SCAN // _PROBE_PAGE):
+            page = self.tail(
+                [task], _PROBE_PAGE, since="start", before=before, line_chars=LINE_CHARS
+            )
+            kept[:0] = [line.text for line in page.lines if not probe(line.text)]
+            if len(kept) >= n or not page.truncated:
+                break
+            before = page.cursor
+        return kept[-n:] if n > 0 else []
 
     def _writer(self, task: str) -> tuple[bool | None, int, int]:
         """Whether the log's writer lock is held, and the pid and run its last holder wrote."""
@@ -792,7 +1051,7 @@ class LogStore:
             raise InvalidArgument("context must be >= 0 and max_matches >= 1")
         context = min(context, MAX_CONTEXT)
         limit = min(max_matches, MAX_MATCHES)
-        when = self._since(since)
+        when = _since(since)
         since_key = _key(when) if isinstance(when, datetime) else None
         pre = _prefilter(rx)
         found: list[list[_Match]] = []
@@ -818,7 +1077,7 @@ class LogStore:
         searched = 0
         for fi in range(first, len(files.fds)):
             fd, size = files.fds[fi], files.sizes[fi]
-            if scan.since_key is not None and fi < len(files.fds) - 1 and not scan.pending:
+            if scan.since_key is not None and fi < len(files.fds) - 1 and scan.pending is None:
                 last = _last_key(fd, size)
                 if last is not None and last < scan.since_key:
                     continue  # this whole rotated file is older than `since`
@@ -839,18 +1098,18 @@ class LogStore:
         stop: Callable[[], bool] | None = None,
     ) -> Iterator[LogLine]:
         """Yield the last `lines` lines, then new lines as they are written (follows rotation)."""
-        when = self._since(since)
         followers = [_Follower(task, self.path(task)) for task in dict.fromkeys(tasks)]
-        backlog: list[list[tuple[bytes, LogLine]]] = []
-        for follower in followers:
-            with _Files(follower.path) as files:
-                follower.attach(files)
-                if follower.fd >= 0:
-                    files.sizes[-1] = follower.offset
-                got = self._tail_files(follower.task, files, min(max(lines, 0), MAX_LINES), when)
-                backlog.append(got[0] if lines > 0 else [])
         try:
-            yield from (line for _, line in merge(*backlog, key=lambda item: item[0]))
+            with contextlib.ExitStack() as stack:
+                opened = []
+                for follower in followers:
+                    files = stack.enter_context(_Files(follower.path))
+                    follower.attach(files)
+                    if follower.fd >= 0:
+                        files.sizes[-1] = follower.offset
+                    opened.append((follower.task, files))
+                if lines > 0:
+                    yield from LogRead(opened, lines, since).lines()
             while not (stop and stop()):
                 fresh = [item for f in followers for item in f.poll()]
                 for _, line in sorted(fresh, key=lambda item: item[0]):

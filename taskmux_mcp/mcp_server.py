@@ -60,7 +60,8 @@ policies and persistent logs; a human can watch them with `tmux attach`.
 Call `status` first to see every task's state.
 Use `start` / `restart` instead of running servers in your own shell: they wait until the tasks \
 are healthy and otherwise tell you why not (exit status, failing check, last log lines).
-Read output with `logs` (since="start" for the current run) and `grep`; `inspect` explains a \
+Read output with `logs` (since="start" for the current run; pass its `cursor` as `before` for \
+older lines) and `grep` (the current runs unless you give `since`); `inspect` explains a \
 failure; `events` shows what happened; `stop` / `kill` end tasks."""
 
 STATUS_URI: Final = "taskmux://status"

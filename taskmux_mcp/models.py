@@ -152,6 +152,11 @@ class LogsResult(BaseModel):
     truncated: bool = Field(description="true when older lines were left out")
     omitted: int = Field(0, description="how many matching lines were left out, when known")
     notice: str | None = Field(None, description="what was cut to fit the reply, and why")
+    cursor: str | None = Field(
+        None,
+        description="where these lines begin: pass it as `before` (same tasks and since) to "
+        "get the lines just before them; absent when no line was returned",
+    )
 
 
 class GrepMatch(BaseModel):
@@ -160,8 +165,18 @@ class GrepMatch(BaseModel):
     task: str
     time: datetime | None
     line: str
-    before: list[str] = Field(default_factory=list)
-    after: list[str] = Field(default_factory=list)
+    before: list[str] = Field(
+        default_factory=list,
+        description="lines before it that the previous match of its task has not given",
+    )
+    after: list[str] = Field(
+        default_factory=list, description="lines after it, up to the next match of its task"
+    )
+    continues: bool = Field(
+        False,
+        description="true when no line lies between the previous match of its task (its "
+        "`after`) and this one (its `before`): one block, as GNU grep joins them",
+    )
 
 
 class GrepResult(BaseModel):

@@ -9,14 +9,14 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from .errors import ArgumentError
 from .events import Cause
 from .interactive import KEY_FORMS, MAX_KEYS, MAX_SCREEN_LINES, MAX_TEXT
-from .logs import MAX_CONTEXT, MAX_LINES, MAX_MATCHES, MAX_PATTERN
+from .logs import MAX_CONTEXT, MAX_CURSOR, MAX_LINES, MAX_MATCHES, MAX_PATTERN
 from .models import (
     ActionResult,
     BaseModel,
@@ -40,6 +40,7 @@ MAX_SINCE = 64
 MAX_EVENTS = 10_000
 MAX_TIMEOUT = 86_400.0
 MAX_WORD = 32
+MAX_STREAMED = 10**9
 Progress = Callable[[str], Awaitable[None]]
 
 
@@ -79,6 +80,13 @@ class Param:
     flags: tuple[str, ...] = ()
     negation: str | None = None
     metavar: str | None = None
+    cli_default: Any = REQUIRED  # where a person at a terminal wants another default
+    cli_maximum: float | None = None  # where the CLI streams what agents get in pages
+
+    def for_cli(self) -> Param:
+        """The parameter as the CLI takes it (its own default and bound, where it has them)."""
+        default = self.default if self.cli_default is REQUIRED else self.cli_default
+        return replace(self, default=default, maximum=self.cli_maximum or self.maximum)
 
     @property
     def required(self) -> bool:
@@ -229,6 +237,10 @@ class Operation:
         names |= {alias: p for p in self.params for alias in p.aliases}
         object.__setattr__(self, "by_name", names)
 
+    def for_cli(self) -> Operation:
+        """The operation with its parameters as the CLI takes them."""
+        return replace(self, params=tuple(p.for_cli() for p in self.params))
+
     def input_schema(self) -> dict[str, Any]:
         """The JSON schema of its arguments (additionalProperties false, bounds declared)."""
         schema: dict[str, Any] = {
@@ -312,7 +324,8 @@ WAIT_FOR = Param(
 SINCE = Param(
     "since",
     Kind.TEXT,
-    '"start" (the current run only), a duration like "30s"/"5m"/"2h", or an ISO 8601 time',
+    '"start" (the current run only), "all" (every run kept), a duration like "30s"/"5m"/"2h", '
+    "or an ISO 8601 time",
     default=None,
     max_length=MAX_SINCE,
     flags=("--since",),
@@ -364,7 +377,9 @@ async def _down(project: Project, args: Mapping[str, Any], call: Call) -> BaseMo
 
 
 async def _logs(project: Project, args: Mapping[str, Any], call: Call) -> BaseModel:
-    return await project.read_logs(args["tasks"], lines=args["lines"], since=args["since"])
+    return await project.read_logs(
+        args["tasks"], lines=args["lines"], since=args["since"], before=args["before"]
+    )
 
 
 async def _grep(project: Project, args: Mapping[str, Any], call: Call) -> BaseModel:
@@ -514,7 +529,10 @@ OPERATIONS: dict[str, Operation] = {
             "logs",
             "Read task logs",
             "Tasks' output as plain text (default: all tasks interleaved by time), the last "
-            "lines. Lines longer than 4000 characters are cut; says when lines were left out.",
+            f"lines (at most {MAX_LINES} per call). Lines longer than 4000 characters are cut; "
+            "says when lines were left out. To read further back, pass the result's `cursor` "
+            "as `before` (with the same tasks and since): you get the lines just before those "
+            "returned, none lost or repeated even while the log grows.",
             (
                 _tasks("only these tasks (default: all)"),
                 Param(
@@ -526,8 +544,18 @@ OPERATIONS: dict[str, Operation] = {
                     maximum=MAX_LINES,
                     flags=("-n", "--lines"),
                     metavar="N",
+                    cli_maximum=MAX_STREAMED,
                 ),
                 SINCE,
+                Param(
+                    "before",
+                    Kind.TEXT,
+                    "the `cursor` of an earlier logs result: read the lines just before it",
+                    default=None,
+                    max_length=MAX_CURSOR,
+                    flags=("--before",),
+                    metavar="CURSOR",
+                ),
             ),
             LogsResult,
             _logs,
@@ -535,8 +563,11 @@ OPERATIONS: dict[str, Operation] = {
         Operation(
             "grep",
             "Search task logs",
-            "Search task logs (default: all tasks, rotated files too) with a Python regular "
-            "expression. Each match has its task, time, line and `context` lines around it.",
+            "Search task logs with a Python regular expression: by default every task's current "
+            'run (since="start"); since="all" searches every run kept, rotated files too. Each '
+            "match has its task, time, line and up to `context` lines around it; context "
+            "shared by matches close together is given once (`before` holds only lines the "
+            "previous match of that task did not give, `continues` says no line lies between).",
             (
                 Param(
                     "pattern",
@@ -563,7 +594,7 @@ OPERATIONS: dict[str, Operation] = {
                     default=False,
                     flags=("-i", "--ignore-case"),
                 ),
-                SINCE,
+                replace(SINCE, default="start", cli_default="all"),
                 Param(
                     "max_matches",
                     Kind.INTEGER,

@@ -292,6 +292,11 @@ class Project:
             ports["PORT"] = own
         return expand_ports(url, ports)
 
+    def verdict_tail(self, name: str, n: int) -> list[str]:
+        """The last n lines of the task's current run for a verdict, its health probes left out."""
+        url = self.health_url_of(name) if name in self.config.tasks else None
+        return self.logs.verdict_tail(name, n, url)
+
     def env_file_values(self, name: str) -> tuple[dict[str, str], list[str]]:
         """The variables the task's env files give it, and what is wrong with those files."""
         return load_env_files(self.config.env_files(name), self._environ)
@@ -599,7 +604,7 @@ class Project:
             action="failed",
             state=TaskState.FAILED,
             error=error,
-            log_tail=self.logs.last_run_lines(name, readiness.LOG_TAIL_LINES),
+            log_tail=self.verdict_tail(name, readiness.LOG_TAIL_LINES),
             **extra,
         )
 
@@ -926,7 +931,7 @@ class Project:
         if wait or wait_for is not None:
             for result in started.tasks:
                 if result.ok and not result.log_tail:
-                    result.log_tail = self.logs.last_run_lines(result.name, RESTART_TAIL_LINES)
+                    result.log_tail = self.verdict_tail(result.name, RESTART_TAIL_LINES)
         return started
 
     # ---------------------------------------------------------------- a task's terminal
@@ -1063,17 +1068,27 @@ class Project:
         )
 
     def logs_sync(
-        self, tasks: Sequence[str] = (), *, lines: int = 100, since: str | None = None
+        self,
+        tasks: Sequence[str] = (),
+        *,
+        lines: int = 100,
+        since: str | None = None,
+        before: str | None = None,
     ) -> LogsResult:
-        """The last lines of some tasks (all by default), interleaved by time."""
-        return self.logs.tail(self._names(tasks), lines=lines, since=since)
+        """The last lines of some tasks (all by default), interleaved by time, before a cursor."""
+        return self.logs.tail(self._names(tasks), lines=lines, since=since, before=before)
 
     async def read_logs(
-        self, tasks: Sequence[str] = (), *, lines: int = 100, since: str | None = None
+        self,
+        tasks: Sequence[str] = (),
+        *,
+        lines: int = 100,
+        since: str | None = None,
+        before: str | None = None,
     ) -> LogsResult:
         """Async form of logs_sync (runs in a worker thread)."""
         return await anyio.to_thread.run_sync(
-            lambda: self.logs_sync(tasks, lines=lines, since=since)
+            lambda: self.logs_sync(tasks, lines=lines, since=since, before=before)
         )
 
     def grep_sync(

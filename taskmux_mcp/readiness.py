@@ -172,7 +172,7 @@ async def await_ready(
                 exit_code=seen.exit_code,
                 exit_signal=seen.exit_signal,
                 error=None if ok else _exit_text(seen),
-                log_tail=[] if ok else project.logs.last_run_lines(name, LOG_TAIL_LINES),
+                log_tail=[] if ok else project.verdict_tail(name, LOG_TAIL_LINES),
                 duration_s=elapsed,
             )
         alive_for = project.clock.now() - (record.started_at or project.clock.now())
@@ -215,6 +215,6 @@ def _result(
         pid=seen.pid,
         error=error,
         check_output=check.detail if check else None,
-        log_tail=[] if ok else project.logs.last_run_lines(name, LOG_TAIL_LINES),
+        log_tail=[] if ok else project.verdict_tail(name, LOG_TAIL_LINES),
         duration_s=elapsed,
     )

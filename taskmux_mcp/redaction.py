@@ -24,7 +24,7 @@ SECRET_NAME_RE = re.compile(
 MIN_SECRET = 4
 IDENTIFIERS = frozenset(
     {"name", "task", "project", "session", "config_path", "checkout", "url", "log_path",
-     "depends_on", "blocked_by", "window_id", "pane_id"}
+     "depends_on", "blocked_by", "window_id", "pane_id", "cursor"}
 )  # fmt: skip
 _PLAIN_RE = re.compile(r"[+-]?\d+(\.\d+)?|true|false|yes|no|on|off|null|none", re.IGNORECASE)
 _PORT_REF_RE = re.compile(
@@ -71,7 +71,8 @@ class Redactor:
 
     def data(self, value: Any) -> Any:
         """A copy of JSON-like data with every string redacted but identifiers (task and
-        project names, sessions, paths, URLs), which agents act on and are never secrets."""
+        project names, sessions, paths, URLs, cursors), which agents act on and are never
+        secrets."""
         if self._pattern is None:
             return value
         if isinstance(value, str):

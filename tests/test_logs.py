@@ -251,8 +251,9 @@ def test_rotation_keeps_the_newest_files_and_grep_reads_them_in_order(store: Log
         f"line {oldest + 1:05d}",
         "line 00999",
     ]
-    assert found.matches[0].before == []
-    assert found.matches[0].after == [f"line {oldest + 1:05d}"]
+    assert (found.matches[0].before, found.matches[0].after) == ([], [])
+    assert found.matches[1].continues
+    assert found.matches[1].after == [f"line {oldest + 2:05d}"]
     assert found.files_searched == 3
     whole = small.tail(["t"], lines=MAX_LINES)
     assert [ln.text for ln in whole.lines] == kept
@@ -511,10 +512,10 @@ def test_grep_matches_cleaned_text_with_context_case_and_cap(tmp_path: Path) -> 
         ("ERROR: disk full", ["boot"], ["Error: retry"]),
     ]
     found = store.grep("error", ["t"], ignore_case=True, context=2)
-    assert [(m.line, m.before, m.after) for m in found.matches] == [
-        ("ERROR: disk full", ["boot"], ["Error: retry", "all good"]),
-        ("Error: retry", ["boot", "ERROR: disk full"], ["all good", "error again"]),
-        ("error again", ["Error: retry", "all good"], []),
+    assert [(m.line, m.before, m.after, m.continues) for m in found.matches] == [
+        ("ERROR: disk full", ["boot"], [], False),
+        ("Error: retry", [], ["all good"], True),
+        ("error again", [], [], True),
     ]
     assert [m.line for m in store.grep("(?i)error", ["t"], since="start").matches] == [
         "error again"
@@ -527,13 +528,21 @@ def test_grep_matches_cleaned_text_with_context_case_and_cap(tmp_path: Path) -> 
 
 def reference_grep(
     lines: list[bytes], rx: re.Pattern[str], context: int
-) -> list[tuple[str, list[str], list[str]]]:
+) -> list[tuple[str, list[str], list[str], bool]]:
+    """What GNU grep -C shows, per match: its line, the context lines no earlier match gave,
+    and whether its block joins the previous one."""
     texts = [clean_text(line[28:]) for line in lines if line[27:28] == b"\t"]
-    return [
-        (t, texts[max(0, i - context) : i], texts[i + 1 : i + 1 + context])
-        for i, t in enumerate(texts)
-        if rx.search(t)
-    ]
+    hits = [i for i, t in enumerate(texts) if rx.search(t)]
+    out = []
+    given = -1
+    for n, i in enumerate(hits):
+        first = max(given + 1, i - context)
+        after_end = min(i + 1 + context, hits[n + 1] if n + 1 < len(hits) else len(texts))
+        out.append(
+            (texts[i], texts[first:i], texts[i + 1 : after_end], n > 0 and first == given + 1)
+        )
+        given = after_end - 1
+    return out
 
 
 PIECES = ["ERROR", "error", "err", "or", "ok", " ", "\x1b[31m", "\x1b[0m", "\x1b[K", "\r", "\b"]
@@ -573,8 +582,67 @@ def test_grep_agrees_with_cleaning_every_line(
     write_records(store.path("t"), items)
     raw = records(store.path("t"))
     found = store.grep(pattern, ["t"], context=context, max_matches=1000)
-    got = [(m.line, m.before, m.after) for m in found.matches]
+    got = [(m.line, m.before, m.after, m.continues) for m in found.matches]
     assert got == reference_grep(raw, re.compile(pattern), context)
+
+
+def numbered(lines: range) -> bytes:
+    return b"".join(b"line %05d\n" % i for i in lines)
+
+
+def test_pages_walk_back_through_rotated_files_while_the_log_grows(store: LogStore) -> None:
+    small = LogStore(store.log_dir, max_bytes=4000, max_files=4, writer=store.writer)
+    writer = Writer(small, "t")
+    writer.send(numbered(range(300)))
+    wait_for(lambda: texts(small, "t", lines=1) == ["line 00299"], what="300 lines")
+    first = small.tail(["t"], lines=40)
+    writer.send(numbered(range(300, 500)))  # rotates: the first page's file is now t.log.2
+    wait_for(lambda: texts(small, "t", lines=1) == ["line 00499"], what="500 lines")
+    pages = [first]
+    while pages[0].truncated:
+        assert pages[0].cursor is not None
+        pages.insert(0, small.tail(["t"], lines=40, before=pages[0].cursor))
+    numbers = [int(line.text.split()[1]) for page in pages for line in page.lines]
+    assert numbers == list(range(numbers[0], 300))
+    assert len(pages) > 2 and pages[0].omitted == 0
+    assert first.cursor is not None
+    writer.send(numbered(range(500, 1500)))  # and now every file it knew is gone
+    wait_for(lambda: texts(small, "t", lines=1) == ["line 01499"], what="1500 lines")
+    gone = small.tail(["t"], lines=40, before=first.cursor)
+    assert (gone.lines, gone.truncated, gone.cursor) == ([], False, None)
+    assert writer.close() == 0
+
+
+@pytest.mark.parametrize("cursor", ["", "not a cursor", "WzEsMl0", "W1siYSIsMV1d"])
+def test_a_cursor_that_no_logs_call_gave_is_refused(tmp_path: Path, cursor: str) -> None:
+    store = LogStore(tmp_path)
+    write_records(store.path("t"), [(datetime.now(UTC), "x")])
+    with pytest.raises(InvalidArgument, match="`cursor` of an earlier logs result"):
+        store.tail(["t"], before=cursor)
+
+
+def test_verdict_tail_counts_only_lines_that_are_not_health_probes(tmp_path: Path) -> None:
+    store = LogStore(tmp_path)
+    now = datetime.now(UTC)
+    uvicorn = '\x1b[32mINFO\x1b[0m:     127.0.0.1:5000 - "GET /health HTTP/1.1" \x1b[32m200\x1b[0m'
+    stdlib = '127.0.0.1 - - [26/Nov/2026 10:00:00] "GET /health?deep=1 HTTP/1.0" 503 -'
+    items: list[tuple[datetime, str | None]] = [(now, "old run's own line"), (now, None)]
+    items += [(now, f"own line {i}") for i in range(3)]
+    items += [(now, text) for _ in range(700) for text in (uvicorn, stdlib, "ua taskmux-health")]
+    items += [(now, '"GET /healthz HTTP/1.1" 200'), (now, "GET /api/health 200")]
+    write_records(store.path("t"), items)
+    assert store.verdict_tail("t", 4, "http://127.0.0.1:5000/health?deep=1") == [
+        "own line 1",
+        "own line 2",
+        '"GET /healthz HTTP/1.1" 200',
+        "GET /api/health 200",
+    ]
+    assert store.verdict_tail("t", 3, None) == [
+        stdlib,
+        '"GET /healthz HTTP/1.1" 200',
+        "GET /api/health 200",
+    ]
+    assert len(store.last_run_lines("t", 4)) == 4
 
 
 def test_follow_streams_new_lines_across_rotations(store: LogStore) -> None:

@@ -310,7 +310,9 @@ async def test_full_session(project: Workspace) -> None:
         assert all(line["task"] == "worker" and line["time"] for line in logs["lines"])
 
         found = await call(client, "grep", pattern=r"error BOOM", ignore_case=True, context=1)
-        assert len(found["matches"]) == 2 and not found["truncated"]
+        assert len(found["matches"]) == 1 and not found["truncated"]  # the current run only
+        runs = await call(client, "grep", pattern=r"error BOOM", ignore_case=True, since="all")
+        assert len(runs["matches"]) == 2
         match = found["matches"][-1]
         assert match["task"] == "worker" and f"ERROR boom in {new_pid}" in match["line"]
         assert match["before"] == ["before"] and match["after"] == ["after"]
