@@ -63,11 +63,11 @@ def state_dir(sb: Sandbox, project: str) -> Path:
 
 
 def lease_pid(folder: Path) -> int | None:
-    """The pid in monitor.json."""
-    try:
-        return int(json.loads((folder / "monitor.json").read_text())["pid"])
-    except (OSError, ValueError, KeyError):
-        return None
+    """The pid of the monitor leading the project, from its lease."""
+    from taskmux_mcp.lease import read_lease
+
+    lease = read_lease(folder / "monitor", time.time())
+    return lease.pid if lease is not None and lease.alive else None
 
 
 def events(folder: Path) -> list[dict[str, object]]:

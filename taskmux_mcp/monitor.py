@@ -22,7 +22,6 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
-import psutil
 
 from . import lifecycle, readiness, records
 from .backend import Pane
@@ -43,7 +42,7 @@ from .policy import (
     decide,
     is_stable,
 )
-from .processes import describe_signal
+from .processes import PidWatch, describe_signal
 from .project import Project
 from .records import ExitRecord, Phase, Read, StopKind, TaskRecord, interrupted_by
 
@@ -147,6 +146,7 @@ class Monitor:
         self._checking: set[str] = set()
         self._busy: set[str] = set()
         self._known_pids: dict[str, int] = {}
+        self._pids = PidWatch()
         self._reported: dict[str, str] = {}
         self._due: float | None = None
         self._records_stamp = 0
@@ -175,6 +175,7 @@ class Monitor:
             self.acting = False
             if watcher is not None:
                 watcher.stop()
+            self._pids.close()
             self.lease.release()
 
     async def _loop(self, group: anyio.abc.TaskGroup, watcher: ConfigWatcher | None) -> None:
@@ -197,7 +198,8 @@ class Monitor:
             except Exception:
                 # Nothing a task, tmux or the config does may end the monitor.
                 log.exception("monitor pass failed; going on")
-            await anyio.sleep(POLL_S)
+            self._pids.watch(self._known_pids.values())
+            await self._pids.wait(POLL_S)  # an exit wakes it at once
 
     def _take_lead(self) -> bool:
         try:
@@ -234,7 +236,7 @@ class Monitor:
         return changed
 
     def _pid_vanished(self) -> bool:
-        return any(not psutil.pid_exists(pid) for pid in self._known_pids.values())
+        return self._pids.ended()
 
     async def _idle(self) -> bool:
         """True when no task of the project has a window and no restart is scheduled."""

@@ -479,35 +479,63 @@ async def reclaim_port(
 class PidWatch:
     """Wakes when any watched process ends, from the kernel (pidfds in one epoll), not polling."""
 
+    RECHECK_S = 0.01
+
     def __init__(self) -> None:
-        self._epoll = select.epoll()
+        self._poller: select.epoll | None = None
         self._fds: dict[int, int] = {}  # pid -> pidfd
-        self._gone = False
+        self._ended: set[int] = set()
+        self._news = False
+
+    @property
+    def _epoll(self) -> select.epoll:
+        if self._poller is None:
+            self._poller = select.epoll()
+        return self._poller
 
     def watch(self, pids: Iterable[int]) -> None:
-        """Watch exactly these pids from now on (one that has already ended counts as ended)."""
+        """Watch exactly these pids from now on; one seen ended before counts as news again."""
         wanted = set(pids)
+        self._collect()
+        self._ended &= wanted
         for pid in [p for p in self._fds if p not in wanted]:
-            fd = self._fds.pop(pid)
-            self._epoll.unregister(fd)
-            os.close(fd)
+            self._forget(pid)
         for pid in wanted - set(self._fds):
+            if pid in self._ended:
+                self._news = True  # ended, but its owner (tmux) has not said so yet: look again
+                continue
             try:
                 fd = os.pidfd_open(pid)
             except OSError:
-                self._gone = True  # ended before we looked
+                self._ended.add(pid)
+                self._news = True
                 continue
             self._fds[pid] = fd
             self._epoll.register(fd, select.EPOLLIN)
 
+    def _forget(self, pid: int) -> None:
+        fd = self._fds.pop(pid)
+        self._epoll.unregister(fd)
+        os.close(fd)
+
+    def _collect(self) -> None:
+        """Move the pids whose pidfd says they ended out of the epoll (it stays readable)."""
+        by_fd = {fd: pid for pid, fd in self._fds.items()}
+        for fd, _ in self._epoll.poll(0):
+            self._forget(by_fd[fd])
+            self._ended.add(by_fd[fd])
+            self._news = True
+
     def ended(self) -> bool:
         """Whether a watched process ended since the last call (does not wait)."""
-        gone, self._gone = self._gone, False
-        return bool(self._epoll.poll(0)) or gone
+        self._collect()
+        news, self._news = self._news, False
+        return news
 
     async def wait(self, timeout: float) -> bool:
         """Until a watched process ends (True) or the timeout passes (False)."""
-        if self._gone:
+        if self._news:
+            await anyio.sleep(self.RECHECK_S)
             return True
         with anyio.move_on_after(timeout):
             await anyio.wait_readable(self._epoll.fileno())
@@ -516,5 +544,8 @@ class PidWatch:
 
     def close(self) -> None:
         """Let go of every pidfd."""
-        self.watch(())
-        self._epoll.close()
+        for pid in list(self._fds):
+            self._forget(pid)
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None

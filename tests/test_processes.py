@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
 import psutil
 import pytest
 
@@ -21,6 +22,7 @@ from taskmux_mcp.errors import InvalidArgument, PortBusy
 from taskmux_mcp.processes import (
     CHECKOUT_ENV,
     ENV_MARKER,
+    PidWatch,
     ProcessInfo,
     describe_signal,
     kill_tree,
@@ -456,3 +458,34 @@ async def test_reclaim_port_of_a_free_port() -> None:
 def test_port_listeners_rejects_bad_port() -> None:
     with pytest.raises(InvalidArgument):
         port_listeners(70000)
+
+
+def test_pid_watch_wakes_on_an_exit_from_the_kernel() -> None:
+    children = [subprocess.Popen(["sleep", "1000"]) for _ in range(3)]
+    watch = PidWatch()
+    try:
+        pids = [c.pid for c in children]
+        watch.watch(pids)
+        assert not watch.ended()
+        assert anyio.run(watch.wait, 0.2) is False  # nothing ended: the timeout
+
+        async def kill_then_wait() -> float:
+            began = time.monotonic()
+            os.kill(pids[1], signal.SIGKILL)
+            assert await watch.wait(10)
+            return time.monotonic() - began
+
+        assert anyio.run(kill_then_wait) < 1.0
+        assert watch.ended() and not watch.ended()  # news once
+        watch.watch(pids)  # still listed (tmux has not said so yet): news again, soon
+        assert watch.ended()
+        children[1].wait()
+        watch.watch([pids[0], pids[2]])
+        assert not watch.ended() and anyio.run(watch.wait, 0.1) is False
+        watch.watch([pids[0], 2**22 + 12345])  # no such process: ended before we looked
+        assert watch.ended()
+    finally:
+        watch.close()
+        for child in children:
+            child.kill()
+            child.wait()
