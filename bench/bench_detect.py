@@ -8,6 +8,7 @@ tmux server and state folder in one temp folder, removed at the end.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench_monitor import (
     event_time,
@@ -76,6 +78,47 @@ def task_pid(project: str, task: str, env: dict[str, str]) -> int:
     return int(next(t["pid"] for t in json.loads(out)["tasks"] if t["name"] == task))
 
 
+async def notification_latencies(project: str, env: dict[str, str], rounds: int) -> list[float]:
+    """Seconds from SIGKILL to a stdio MCP client receiving the `exited` notification."""
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    heard: list[tuple[float, dict[str, object]]] = []
+
+    async def on_log(params: object) -> None:
+        data = getattr(params, "data", None)
+        if isinstance(data, dict):
+            heard.append((time.time(), data))
+
+    server = StdioServerParameters(
+        command=str(Path(sys.executable).with_name("taskmux-mcp")), args=["--project", project],
+        env=env, cwd=project,
+    )  # fmt: skip
+    latencies = []
+    async with Client(server, mode="legacy", logging_callback=on_log) as client:
+        for n in range(rounds):
+            task = f"d{n % TASKS}"
+            pid = None
+            while pid is None:
+                found = await client.call_tool("status", {"tasks": [task]})
+                assert found.structured_content is not None
+                pid = found.structured_content["tasks"][0]["pid"]
+                await asyncio.sleep(0.3)  # a settled run
+            killed = time.time()
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                times = [t for t, d in heard if d.get("event") == "exited" and d.get("task") == task
+                         and t >= killed]  # fmt: skip
+                if times:
+                    latencies.append(times[0] - killed)
+                    break
+                await asyncio.sleep(0.002)
+            else:
+                raise RuntimeError(f"no exited notification for {task}")
+    return latencies
+
+
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 30
     with Sandbox("detect") as sb:
@@ -98,12 +141,14 @@ def main() -> None:
             wait_until(functools.partial(has_event, folder, "restarted", task, killed), 10)
             kernel.append(kernel_notice())
             polled.append(old_polling((n * 0.37) % OLD_POLL_S))
+        told = asyncio.run(notification_latencies(str(project), env, rounds))
         monitor.terminate()
     base = median(kernel)
     print(f"crash -> monitor knows (`exited` event), {rounds} kills of {TASKS} tasks, 2 cores")
     print(f"{'':34}{'median':>10}{'p90':>10}{'max':>10}")
     for label, values in (
         ("taskmux monitor (pidfd + epoll)", ours),
+        ("-> stdio MCP client notified", told),
         ("kernel notice (baseline)", kernel),
         ("0.25 s pid polling (before)", polled),
     ):
@@ -113,6 +158,7 @@ def main() -> None:
         )
     print(f"ratio taskmux / kernel (median): {median(ours) / base:.0f}x; goal: <= 20 ms median")
     print(f"ratio before / taskmux (median): {median(polled) / median(ours):.1f}x faster now")
+    print(f"MCP notification (median): {median(told) * 1000:.1f} ms; goal: <= 50 ms")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 MAX_LIMIT = 10_000
 SUBSCRIBER_QUEUE = 1000
 _TEXT_MAX = 4000  # longest string kept in an event's details
-_POLL = 0.25
+_POLL = 1.0  # the safety net under inotify's wake-ups
 
 
 class EventType(StrEnum):
@@ -98,17 +98,55 @@ def _parse(line: bytes) -> tuple[EventRecord, int | None] | None:
 
 
 class _Bus:
-    """Fan-out of this process's events to its subscriptions; safe from any thread."""
+    """Fan-out of this process's events to its subscriptions, and a wake-up for them when
+    another process appends to the file (inotify, via watchdog); safe from any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.lock = threading.Lock()
         self.subscribers: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self._observer: Any = None
 
     def publish(self, event: EventRecord) -> None:
         with self.lock:
             subscribers = list(self.subscribers)
         for subscriber in subscribers:
             subscriber._push(event)
+
+    def poke(self) -> None:
+        """Wake every subscription to read the file."""
+        with self.lock:
+            subscribers = list(self.subscribers)
+        for subscriber in subscribers:
+            subscriber._wake_up()
+
+    def watch_file(self) -> None:
+        """Start watching the file for other processes' appends (once per process)."""
+        with self.lock:
+            if self._observer is not None:
+                return
+            self._observer = False  # tried: a folder that cannot be watched leaves the polling
+        try:
+            from watchdog.events import FileSystemEvent, FileSystemEventHandler
+            from watchdog.observers import Observer
+
+            name, bus = self.path.name, self
+
+            class Appended(FileSystemEventHandler):
+                def on_any_event(self, event: FileSystemEvent) -> None:
+                    paths = [event.src_path, getattr(event, "dest_path", "")]
+                    if any(os.path.basename(str(p)) == name for p in paths if p):
+                        bus.poke()
+
+            observer = Observer()
+            observer.schedule(Appended(), str(self.path.parent), recursive=False)
+            observer.daemon = True
+            observer.start()
+        except (OSError, RuntimeError) as exc:
+            log.debug("cannot watch %s, polling it: %s", self.path, exc)
+            return
+        with self.lock:
+            self._observer = observer
 
 
 _BUSES: dict[str, _Bus] = {}
@@ -118,7 +156,7 @@ _BUSES_LOCK = threading.Lock()
 def _bus_for(path: Path) -> _Bus:
     key = os.path.abspath(path)
     with _BUSES_LOCK:
-        return _BUSES.setdefault(key, _Bus())
+        return _BUSES.setdefault(key, _Bus(Path(key)))
 
 
 class EventLog:
@@ -252,6 +290,7 @@ class Subscription(AsyncIterator[EventRecord]):
             self._ino, self._offset = (st.st_dev, st.st_ino), st.st_size
         with bus.lock:
             bus.subscribers.add(self)
+        bus.watch_file()  # before the subscription is handed out: no append falls between
 
     def _push(self, event: EventRecord) -> None:
         with self._lock:
@@ -272,6 +311,13 @@ class Subscription(AsyncIterator[EventRecord]):
             if running is loop:
                 wake.set()
             else:
+                loop.call_soon_threadsafe(wake.set)
+
+    def _wake_up(self) -> None:
+        with self._lock:
+            loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
                 loop.call_soon_threadsafe(wake.set)
 
     def _pop(self) -> EventRecord | None:

@@ -15,6 +15,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
+from taskmux_mcp import events
 from taskmux_mcp.errors import InvalidArgument
 from taskmux_mcp.events import Cause, EventLog, EventType, Subscription
 from taskmux_mcp.models import EventRecord
@@ -185,6 +186,20 @@ async def test_subscribers_get_events_of_this_process_and_of_others(tmp_path: Pa
         with anyio.move_on_after(0.6):
             extra = await sub.__anext__()
             pytest.fail(f"an event was delivered twice: {extra}")
+
+
+@pytest.mark.anyio
+async def test_other_processes_events_wake_subscribers_without_polling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events, "_POLL", 120.0)  # only the file watch can deliver in time
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    log.record(EventType.MONITOR_STARTED, Cause.POLICY)
+    async with log.subscribe() as sub, anyio.create_task_group() as group:
+        group.start_soon(anyio.to_thread.run_sync, record_elsewhere, path, "woke", 1)
+        got = await next_event(sub, timeout=20)
+    assert got.details == {"proc": "woke", "n": 0}
 
 
 @pytest.mark.anyio
