@@ -17,6 +17,7 @@ import contextlib
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from taskmux_mcp.errors import InvalidArgument, PortBusy
 
 ENV_MARKER = "TASKMUX_TASK_ID"
 
-_SCAN_ATTRS = ["pid", "ppid", "status"]
+_SCAN_ATTRS = ["pid", "ppid", "status", "create_time"]
+MARKER_SETTLE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -145,33 +147,81 @@ def _marker_of(proc: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+@dataclass(frozen=True)
+class _Row:
+    """One live process as a scan saw it."""
+
+    pid: int
+    ppid: int | None
+    sid: int | None
+    marker: str | None
+    handle: Any
+
+
+class _ProcessTable:
+    """Every live process with its task marker, scanned at most once for all the callers that
+    asked while the previous scan ran (100 concurrent stops cost a couple of scans, not 100);
+    a process's marker is read once in its life (its environment is fixed at exec)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started = -1.0
+        self._rows: dict[int, _Row] = {}
+        self._markers: dict[tuple[int, float], str | None] = {}
+
+    def rows(self) -> dict[int, _Row]:
+        """A scan begun after this call."""
+        asked = time.monotonic()
+        with self._lock:
+            if self._started >= asked:
+                return self._rows
+            self._started = time.monotonic()
+            self._rows = self._scan()
+            return self._rows
+
+    def _scan(self) -> dict[int, _Row]:
+        rows: dict[int, _Row] = {}
+        markers: dict[tuple[int, float], str | None] = {}
+        settled = time.time() - MARKER_SETTLE_S
+        for proc in psutil.process_iter(_SCAN_ATTRS, ad_value=None):
+            info = proc.info
+            if info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            born = info["create_time"] or 0.0
+            key = (info["pid"], born)
+            marker = self._markers[key] if key in self._markers else _marker_of(proc)
+            if marker is not None or born < settled:
+                markers[key] = marker  # an exec right after fork may still add a marker
+            pid = info["pid"]
+            rows[pid] = _Row(pid, info["ppid"], _getsid(pid), marker, proc)
+        self._markers = markers
+        return rows
+
+
+_TABLE = _ProcessTable()
+
+
 def _member_pids(root_pid: int | None, task_id: str | None) -> tuple[set[int], dict[int, Any]]:
     """Pids of a task's live processes, and the psutil handles seen during the scan."""
     protected = _protected_pids()
+    rows = {pid: row for pid, row in _TABLE.rows().items() if pid not in protected}
     children: dict[int, list[int]] = {}
-    handles: dict[int, Any] = {}
     seeds: set[int] = set()
-    for proc in psutil.process_iter(_SCAN_ATTRS, ad_value=None):
-        info = proc.info
-        pid = info["pid"]
-        if info["status"] == psutil.STATUS_ZOMBIE or pid in protected:
-            continue
-        handles[pid] = proc
-        ppid = info["ppid"]
-        if ppid is not None:
-            children.setdefault(ppid, []).append(pid)
-        in_session = root_pid is not None and (pid == root_pid or _getsid(pid) == root_pid)
-        if in_session or (task_id is not None and _marker_of(proc) == task_id):
+    for pid, row in rows.items():
+        if row.ppid is not None:
+            children.setdefault(row.ppid, []).append(pid)
+        in_session = root_pid is not None and root_pid in (pid, row.sid)
+        if in_session or (task_id is not None and row.marker == task_id):
             seeds.add(pid)
     members: set[int] = set()
     stack = list(seeds)
     while stack:
         pid = stack.pop()
-        if pid in members or pid in protected or pid not in handles:
+        if pid in members or pid not in rows:
             continue
         members.add(pid)
         stack.extend(children.get(pid, ()))
-    return members, handles
+    return members, {pid: rows[pid].handle for pid in members}
 
 
 def task_processes(root_pid: int | None, task_id: str | None) -> list[ProcessInfo]:

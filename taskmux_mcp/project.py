@@ -173,6 +173,8 @@ class Project:
         )  # fmt: skip
         self.ports = PortBook(self.paths.ports, self.key)
         self.ready_lines: dict[str, tuple[int, str]] = {}
+        self._spawns: list[_Spawn] = []
+        self._spawning = False
         self._redactor: tuple[object, Redactor] | None = None
 
     def log_pipe(self, name: str, run: int, *, resume: bool = False) -> str:
@@ -354,15 +356,44 @@ class Project:
         return lock
 
     async def spawn(self, spec: Launch) -> Pane:
-        """Create or respawn a window; one process at a time, as tmux sessions are created once."""
-        guard = FileLock(self.paths.locks / "spawn.lock", f"opening the window of {spec.task}")
-        with contextlib.suppress(OSError):  # a read-only state folder: go unguarded
-            await guard.acquire(SPAWN_WAIT_S, task=spec.task)
+        """Create or respawn a window. The launches asked for at once in this process go to
+        tmux together, in one call; across processes one batch at a time (a session is
+        created once)."""
+        waiting = _Spawn(spec)
+        self._spawns.append(waiting)
+        if not self._spawning:
+            self._spawning = True
+            try:
+                await anyio.sleep(0)  # the other tasks of this start join the first batch
+                while self._spawns:
+                    batch, self._spawns = self._spawns, []
+                    await self._spawn_batch(batch)
+            finally:
+                self._spawning = False
+        await waiting.done.wait()
+        if isinstance(waiting.result, BaseException):
+            raise waiting.result
+        assert waiting.result is not None
+        return waiting.result
+
+    async def _spawn_batch(self, batch: Sequence[_Spawn]) -> None:
+        first = batch[0].spec.task
+        guard = FileLock(self.paths.locks / "spawn.lock", f"opening the window of {first}")
         try:
+            with contextlib.suppress(OSError):  # a read-only state folder: go unguarded
+                await guard.acquire(SPAWN_WAIT_S, task=first)
             snapshot = await self.backend.snapshot()
-            return await anyio.to_thread.run_sync(lambda: self.backend.launch_sync(spec, snapshot))
+            specs = [item.spec for item in batch]
+            results: Sequence[Pane | BaseException] = await anyio.to_thread.run_sync(
+                lambda: self.backend.launch_many_sync(specs, snapshot)
+            )
+        except (TaskmuxError, OSError) as exc:
+            results = [exc] * len(batch)
         finally:
             guard.release()
+        for item, result in zip(batch, results, strict=True):
+            item.result = result
+            item.done.set()
 
     async def ensure_hosted_monitor(self) -> None:
         """Keep a monitor in the project's own session, so policies outlive the agent."""
@@ -1146,6 +1177,15 @@ def _shell_quote(word: str) -> str:
     import shlex
 
     return shlex.quote(word)
+
+
+@dataclass
+class _Spawn:
+    """One launch waiting for its batch."""
+
+    spec: Launch
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: Pane | BaseException | None = None
 
 
 @dataclass

@@ -35,6 +35,8 @@ STOP_OPTION = "@taskmux_stop"
 INTERRUPT_OPTION = "@taskmux_interrupt"
 CONFIG_OPTION = "@taskmux_config"
 WINDOW_SIZE = ("220", "50")
+BATCH_CHARS = 12_000  # of one tmux call's arguments: tmux refuses about 16 KB in all
+_REPORT_TAG = "taskmux-launched "
 INLINE_SCRIPT_MAX = 4096  # tmux refuses command lines over about 16 KB in all
 
 _FIELDS = (
@@ -206,19 +208,99 @@ class TmuxBackend:
         """Run one launch as the pane process of the task's window (new, or its dead pane
         respawned: tmux refuses to respawn a live one), with its options and pipe set before
         tmux reads any output."""
+        result = self.launch_many_sync([launch], snapshot)[0]
+        if isinstance(result, TmuxError):
+            raise result
+        return result
+
+    def launch_many_sync(
+        self, launches: Sequence[Launch], snapshot: Snapshot
+    ) -> list[Pane | TmuxError]:
+        """Several launches in as few tmux calls as the command-line limit allows (one call
+        creates many windows); each gets its pane or why it failed."""
+        session = snapshot.session
+        prepared: list[tuple[Launch, list[str]] | TmuxError] = []
+        for launch in launches:
+            try:
+                words, session = self._launch_words(launch, snapshot, session)
+            except TmuxError as exc:
+                prepared.append(exc)
+                continue
+            prepared.append((launch, words))
+        results: list[Pane | TmuxError] = []
+        batch: list[tuple[Launch, list[str]]] = []
+        size = 0
+        for item in [*prepared, None]:
+            item_size = 0 if not isinstance(item, tuple) else sum(len(w) + 3 for w in item[1])
+            if batch and (item is None or size + item_size > BATCH_CHARS):
+                results.extend(self._run_launches(batch))
+                batch, size = [], 0
+            if isinstance(item, TmuxError):
+                results.append(item)
+            elif item is not None:
+                batch.append(item)
+                size += item_size
+        return results
+
+    def _run_launches(self, batch: Sequence[tuple[Launch, list[str]]]) -> list[Pane | TmuxError]:
+        """One tmux call for a batch. tmux stops at a failing command: the launches before it
+        are done (their reports came), it failed, the ones after it are tried again."""
+        words = [w for i, (_, item) in enumerate(batch) for w in ([";"] if i else []) + item]
+        status, lines, errors = self._call(words)
+        reports = [line for line in lines if line.startswith(_REPORT_TAG)][: len(batch)]
+        done: list[Pane | TmuxError] = [
+            self._reported(launch, line) for (launch, _), line in zip(batch, reports, strict=False)
+        ]
+        if len(done) == len(batch):
+            return done
+        launch = batch[len(done)][0]
+        if status == 0:
+            failed = TmuxError(f"tmux did not report the pane of task '{launch.task}'")
+        elif "still active" in errors:
+            failed = TmuxError(f"task '{launch.task}' is already running")
+        else:
+            message = errors.replace("\n", "; ") or f"tmux exited {status}"
+            failed = TmuxError(f"tmux could not open the window of task '{launch.task}': {message}")
+        rest = batch[len(done) + 1 :]
+        return [*done, failed, *(self._run_launches(rest) if rest else [])]
+
+    @staticmethod
+    def _reported(launch: Launch, line: str) -> Pane:
+        window_id, pane_id, pid, session_name = line[len(_REPORT_TAG) :].split(" ", 3)
+        return Pane(
+            task=launch.task,
+            session=session_name,
+            window_id=window_id,
+            pane_id=pane_id,
+            pid=_int(pid),
+            dead=False,
+            exit_status=None,
+            exit_signal=None,
+            dead_time=None,
+            run=launch.run,
+            stop_mark=None,
+            piped=launch.pipe is not None,
+        )
+
+    def _launch_words(
+        self, launch: Launch, snapshot: Snapshot, session: str | None
+    ) -> tuple[list[str], str]:
+        """The tmux command sequence of one launch, and the session it will be in."""
         argv = self._pane_argv(launch)
         existing = snapshot.panes.get(launch.task)
-        report_format = "#{window_id} #{pane_id} #{pane_pid} #{session_name}"
+        report_format = _REPORT_TAG + "#{window_id} #{pane_id} #{pane_pid} #{session_name}"
         if existing is not None:
             target = existing.pane_id
             create = ["respawn-pane", "-t", target, "--", *argv]
             extra: list[str] = []
             rename: list[str] = []
+            session = existing.session
         else:
             nonce = f"taskmux-{secrets.token_hex(6)}"
-            session = snapshot.session or self._free_session_name(snapshot)
+            new_session = session is None
+            session = session or self._free_session_name(snapshot)
             target = f"={session}:={nonce}"
-            if snapshot.session is None:
+            if new_session:
                 create = [
                     "new-session", "-d", "-s", session, "-n", nonce, "-x", WINDOW_SIZE[0],
                     "-y", WINDOW_SIZE[1], "--", *argv,
@@ -251,29 +333,7 @@ class TmuxBackend:
             ";", "display-message", "-p", "-t", target, report_format,
             *rename,  # last: the nonce names the window until then
         ]  # fmt: skip
-        try:
-            lines = self.run(*sequence)
-        except TmuxError as exc:
-            if "still active" in str(exc):
-                raise TmuxError(f"task '{launch.task}' is already running") from None
-            raise
-        if not lines:
-            raise TmuxError(f"tmux did not report the pane of task '{launch.task}'")
-        window_id, pane_id, pid, session_name = lines[-1].split(" ", 3)
-        return Pane(
-            task=launch.task,
-            session=session_name,
-            window_id=window_id,
-            pane_id=pane_id,
-            pid=_int(pid),
-            dead=False,
-            exit_status=None,
-            exit_signal=None,
-            dead_time=None,
-            run=launch.run,
-            stop_mark=None,
-            piped=launch.pipe is not None,
-        )
+        return sequence, session
 
     def _free_session_name(self, snapshot: Snapshot) -> str:
         """The project's name, or a name suffixed with the checkout's key when another has it."""

@@ -535,7 +535,7 @@ def test_a_verdict_waits_for_a_frozen_log_writer_to_flush_everything(project: Wo
         f"""
         [tasks.count]
         command = "sleep 0.5; seq 1 {total}; exit 3"
-        restart_policy = "no"
+        oneshot = true
         """
     )
     sup = project.open()

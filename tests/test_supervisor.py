@@ -7,12 +7,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psutil
 import pytest
 from support import Workspace, events_of, status_of, wait_until
 
+from taskmux_mcp.backend import Launch
 from taskmux_mcp.models import TaskState
 from taskmux_mcp.project import Project as Facade
 
@@ -479,3 +481,44 @@ def test_stop_signal_is_the_first_signal_of_the_stop(project: Workspace) -> None
     assert stopped.tasks[0].exit_code == 0, stopped
     assert any("got-term" in line.text for line in sup.logs_sync(["api"]).lines)
     assert events_of(sup, "stopped", "api")[0]["signal"] == "SIGTERM"
+
+
+def test_one_tmux_call_opens_many_windows_and_a_failure_spoils_none(project: Workspace) -> None:
+    project.write(
+        """
+        [tasks.busy]
+        command = "sleep 1000"
+        """
+        + "".join(f'[tasks.w{i}]\ncommand = "exec sleep 100{i}"\n' for i in range(6))
+    )
+    sup = project.open()
+    assert anyio.run(lambda: sup.start(["busy"], timeout=10)).ok
+    snap = anyio.run(sup.backend.snapshot)
+    specs = [
+        Launch(task=name, run=1, command="exec sleep 1000", cwd=project.root, env={}, pipe=None)
+        for name in ("w0", "w1", "w2", "busy", "w3", "w4", "w5")
+    ]
+    results = sup.backend.launch_many_sync(specs, snap)
+    assert [type(r).__name__ for r in results] == ["Pane"] * 3 + ["TmuxError"] + ["Pane"] * 3
+    assert "task 'busy' is already running" in str(results[3])
+    panes = sup.backend.run("list-panes", "-s", "-t", snap.session or "", "-F", "#{@taskmux_task}")
+    assert sorted(panes) == sorted(["busy", "w0", "w1", "w2", "w3", "w4", "w5"])  # once each
+
+
+def test_a_hundred_tasks_start_in_few_tmux_calls(project: Workspace) -> None:
+    project.write("".join(f'[tasks.t{i}]\ncommand = "exec sleep 100000"\n' for i in range(100)))
+    sup = project.open()
+    calls: list[int] = []
+    original = sup.backend._call
+
+    def counting(args: Any) -> Any:
+        calls.append(len(args))
+        return original(args)
+
+    sup.backend._call = counting  # type: ignore[method-assign]
+    started = anyio.run(lambda: sup.start(wait=False, timeout=60))
+    assert started.ok and len(started.tasks) == 100
+    launches = [n for n in calls if n > 200]  # the batched launch sequences
+    assert 1 <= len(launches) <= 30, calls
+    assert len(anyio.run(sup.backend.snapshot).panes) == 100
+    anyio.run(sup.stop)
