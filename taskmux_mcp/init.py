@@ -8,6 +8,7 @@ import sys
 import tomllib
 from collections.abc import Collection
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
 
 from .config import CONFIG_FILENAME, default_project_name, load_config, render_new_config
@@ -26,8 +27,8 @@ Without MCP, the same commands exist as `taskmux status|start|restart|logs|grep`
 {NOTE_END}
 """
 _PROCFILE_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_-]{0,63})\s*:\s*(.+)$")
-_PROCFILES = ("Procfile.dev", "Procfile")
 _RELEASE = "release"
+_WEB = "web"
 _SCRIPTS = ("start:dev", "dev", "start", "watch")
 _LOCKFILES = (
     ("pnpm-lock.yaml", "pnpm run"),
@@ -37,9 +38,20 @@ _LOCKFILES = (
     ("package-lock.json", "npm run"),
 )
 _RUNNERS = {"pnpm": "pnpm run", "yarn": "yarn", "bun": "bun run", "npm": "npm run"}
-_APP_FOLDERS = ("apps/*", "backend", "web", "frontend", "server", "client", "api")
+_APP_FOLDERS = ("apps/*", "backend", "web", "frontend", "server", "client", "api", "app", "src")
+_PYTHON_RUNNERS = (
+    ("uv.lock", "uv run python"),
+    ("poetry.lock", "poetry run python"),
+    ("Pipfile", "pipenv run python"),
+)
 _PORT_REFERENCE = re.compile(r"\$\{?PORT\b")
 _PORT_FLAG = re.compile(r"(?:--port[=\s]\s*|(?<![\w-])-p\s*|\bPORT=)(\d{2,5})\b")
+_HOST_PORT = re.compile(
+    r"(?:(?<![\w.:/-])(?:\d{1,3}(?:\.\d{1,3}){3}|localhost|\[[0-9a-fA-F:]*\])|(?<=[\s='\"])):"
+    r"(\d{2,5})(?![\w.:/-])"
+)
+_MAKE_CALL = re.compile(r"^make\s+([\w.-]+)\s*$")
+_TEMPLATE_MARKUP = re.compile(r"\{\{|\{%|<%|\$")
 _GO_PACKAGE = re.compile(r"^package\s+(\w+)", re.MULTILINE)
 _GO_IGNORED = re.compile(r"^//\s*(?:go:build|\+build)\s+ignore\b", re.MULTILINE)
 _YAML_COMMENT = re.compile(r"(?:^|\s+)#.*$")
@@ -54,7 +66,7 @@ class _DevServer:
     ready_log: str | None
 
 
-_COMMAND_END = r"(?=\s+-|\s*$|\s*[;&|])"
+_COMMAND_END = r"(?=\s+-|\s*$|\s*[;&|\"'])"
 _DEV_SERVERS = (
     _DevServer(
         re.compile(rf"(?<![\w./-])vite(?:\s+(?:dev|serve))?{_COMMAND_END}"),
@@ -67,51 +79,96 @@ _DEV_SERVERS = (
         r"(?i)ready in|started server on",
     ),
     _DevServer(re.compile(rf"(?<![\w.-])rails\s+s(?:erver)?{_COMMAND_END}"), 3000, None),
+    _DevServer(
+        re.compile(rf"(?<![\w./-])nest\s+start{_COMMAND_END}"),
+        3000,
+        r"Nest application successfully started",
+    ),
+    _DevServer(re.compile(rf"\bmanage\.py\s+runserver{_COMMAND_END}"), 8000, None),
 )
 
 Detected = dict[str, dict[str, object]]
 
 
 def detect_tasks(root: Path) -> Detected:
-    """Suggest tasks for the project at root, or for its apps in subfolders when it has none."""
-    tasks = _detect_in(root, root)
-    if not tasks:
-        for folder in _app_folders(root):
-            tasks = _merged(tasks, _placed(_detect_in(folder, root), folder, root))
+    """Suggest tasks for the project at root and for the apps it keeps in subfolders.
+
+    A stack file at the root (a Procfile, a Rails app) is the whole stack. Otherwise the
+    subfolders' apps are added, except in folders a task runs in already and, when the root
+    has package.json scripts of its own, except their package.json scripts (the root's drive them).
+    """
+    if stack := _stack(root):
+        return _distinct_ports(stack)
+    scripts = _node(root, root)
+    tasks = _merged(scripts, _components(root, root))
+    covered = {root / str(fields["cwd"]) for fields in tasks.values() if "cwd" in fields}
+    for folder in _app_folders(root):
+        if folder not in covered:
+            found = _stack(folder) or _merged(
+                {} if scripts else _node(folder, root), _components(folder, root)
+            )
+            tasks = _merged(tasks, _placed(found, folder, root))
     return _distinct_ports(tasks)
 
 
-def _detect_in(folder: Path, root: Path) -> Detected:
-    """A Procfile's tasks, else those of package.json, manage.py, Cargo.toml and go.mod."""
-    if procfile := _procfile(folder):
-        return procfile
+def _stack(folder: Path) -> Detected:
+    """The dev stack the folder declares: Procfile.dev, a Rails app's bin/dev, Procfile, Rails."""
+    return (
+        _procfile(folder / "Procfile.dev")
+        or _rails(folder, "bin/dev")
+        or _procfile(folder / "Procfile")
+        or _rails(folder, "bin/rails server")
+    )
+
+
+def _components(folder: Path, root: Path) -> Detected:
+    """The tasks of manage.py, Cargo.toml and go.mod."""
     tasks: Detected = {}
-    for found in (_node(folder, root), _django(folder), _cargo(folder), _go(folder)):
+    for found in (_django(folder, root), _cargo(folder), _go(folder)):
         tasks = _merged(tasks, found)
     return tasks
 
 
-def _procfile(folder: Path) -> Detected:
-    """Procfile.dev's (else Procfile's) processes; a `release` one-shot runs before the others."""
-    path = next((folder / name for name in _PROCFILES if (folder / name).is_file()), None)
-    if path is None:
+def _procfile(path: Path) -> Detected:
+    """A Procfile's processes; a `release` one-shot runs before the others, `web` gets a $PORT."""
+    if not path.is_file():
         return {}
     tasks: Detected = {}
     for line in path.read_text(errors="replace").splitlines():
         if match := _PROCFILE_LINE.match(line.strip()):
-            command = match.group(2).strip()
-            tasks[match.group(1)] = {"command": command, **_server_fields(command)}
+            name, command = match.group(1), _built_go_binary(path.parent, match.group(2).strip())
+            fields = _server_fields(_seen_through_make(path.parent, command))
+            if name == _WEB and "port" not in fields:
+                fields["port"] = "auto"  # Heroku's and foreman's contract: web listens on $PORT
+            tasks[name] = {"command": command, **fields}
     if _RELEASE not in tasks:
         return tasks
     release = {"command": tasks.pop(_RELEASE)["command"], "oneshot": True}
     return {_RELEASE: release} | {n: {**f, "depends_on": [_RELEASE]} for n, f in tasks.items()}
 
 
+def _seen_through_make(folder: Path, command: str) -> str:
+    """The command, or for `make TARGET` the recipe of that target in the folder's Makefile."""
+    call = _MAKE_CALL.match(command)
+    if call is None:
+        return command
+    try:
+        lines = (folder / "Makefile").read_text(errors="replace").splitlines()
+    except OSError:
+        return command
+    head = re.compile(rf"{re.escape(call.group(1))}\s*:(?!=)")
+    at = next((at for at, line in enumerate(lines) if head.match(line)), None)
+    if at is None:
+        return command
+    recipe = takewhile(lambda line: line.startswith("\t"), lines[at + 1 :])
+    return "\n".join(line.strip() for line in recipe) or command
+
+
 def _server_fields(command: str) -> dict[str, object]:
-    """The port and ready_log a command tells: $PORT, a --port/-p flag, a known dev server."""
+    """The port and ready_log a command tells: $PORT, a port flag or host:port, a dev server."""
     fields: dict[str, object] = {}
     server = next((s for s in _DEV_SERVERS if s.command.search(command)), None)
-    flag = _PORT_FLAG.search(command)
+    flag = _PORT_FLAG.search(command) or _HOST_PORT.search(command)
     if _PORT_REFERENCE.search(command):
         fields["port"] = "auto"
     elif flag and 1 <= int(flag.group(1)) <= 65535:
@@ -217,11 +274,36 @@ def _unquoted(text: str) -> str:
     return text.strip().strip("'\"")
 
 
-def _django(folder: Path) -> Detected:
-    """Django's dev server when there is a manage.py."""
+def _django(folder: Path, root: Path) -> Detected:
+    """Django's dev server when there is a manage.py, run by the repo's Python tool."""
     if not (folder / "manage.py").is_file():
         return {}
-    return {"web": {"command": "python manage.py runserver 127.0.0.1:8000", "port": 8000}}
+    command = f"{_python_runner(folder, root)} manage.py runserver 127.0.0.1:8000"
+    return {"web": {"command": command, "port": 8000}}
+
+
+def _python_runner(folder: Path, root: Path) -> str:
+    """How the repo runs Python: its nearest uv/poetry/pipenv lockfile's tool (or Poetry's
+    pyproject.toml section), else plain `python`."""
+    for place in (folder, *folder.parents):
+        for lockfile, runner in _PYTHON_RUNNERS:
+            if (place / lockfile).is_file():
+                return runner
+        pyproject = place / "pyproject.toml"
+        if pyproject.is_file() and "[tool.poetry" in pyproject.read_text(errors="replace"):
+            return "poetry run python"
+        if place == root:
+            break
+    return "python"
+
+
+def _rails(folder: Path, command: str) -> Detected:
+    """A Rails app's dev server run by command (bin/dev, Rails' entry to its dev stack, or
+    bin/rails server), if the app has that script."""
+    script = folder / command.split(maxsplit=1)[0]
+    if not (folder / "config/application.rb").is_file() or not script.is_file():
+        return {}
+    return {_WEB: {"command": command, "port": 3000}}
 
 
 def _cargo(folder: Path) -> Detected:
@@ -262,17 +344,41 @@ def _cargo_binaries(
 
 
 def _go(folder: Path) -> Detected:
-    """`go run .` for a main package at the root, else `go run ./cmd/X` for each main in cmd/."""
-    try:
-        module = (folder / "go.mod").read_text(errors="replace")
-    except OSError:
+    """`go run .` for a main package at the root, else `go run ./cmd/X` for each main in cmd/;
+    a bare `start` runs the daemon (Xd, X-server) of module X, else X, else a server, api, web."""
+    base = _go_module_name(folder)
+    if base is None:
         return {}
     if _is_go_main(folder):
         return {"app": {"command": "go run ."}}
     mains = [cmd.name for cmd in sorted(folder.glob("cmd/*")) if cmd.is_dir() and _is_go_main(cmd)]
     commands = {name: f"go run ./cmd/{name}" for name in mains}
+    preferred = (f"{base}d", f"{base}-server", base, "server", "api", "web")
+    return _binaries(commands, next((name for name in preferred if name in commands), None))
+
+
+def _go_module_name(folder: Path) -> str | None:
+    """The last part of the folder's Go module path ("" if go.mod has none), None without go.mod."""
+    try:
+        module = (folder / "go.mod").read_text(errors="replace")
+    except OSError:
+        return None
     path = re.search(r"^module\s+(\S+)", module, re.MULTILINE)
-    return _binaries(commands, path.group(1).rsplit("/", 1)[-1] if path else None)
+    return path.group(1).rsplit("/", 1)[-1] if path else ""
+
+
+def _built_go_binary(folder: Path, command: str) -> str:
+    """A Procfile command that runs the app's Go binary as Heroku builds it (`X` or `bin/X`),
+    as `go run` of its package, since nothing has built it here."""
+    program, _, arguments = command.partition(" ")
+    name = program.removeprefix("bin/")
+    if name and name == _go_module_name(folder) and _is_go_main(folder):
+        package = "."
+    elif name and (folder / "cmd" / name).is_dir() and _is_go_main(folder / "cmd" / name):
+        package = f"./cmd/{name}"
+    else:
+        return command
+    return f"go run {package} {arguments}".rstrip()
 
 
 def _is_go_main(folder: Path) -> bool:
@@ -366,9 +472,10 @@ def _json_object(path: Path) -> dict[str, object] | None:
 
 
 def project_name(root: Path) -> str:
-    """The project's name: package.json's `name`, else the folder's."""
+    """The project's name: package.json's `name` (unless a template's placeholder), else the
+    folder's."""
     name = (_json_object(root / "package.json") or {}).get("name")
-    if isinstance(name, str) and name.strip("@/ "):
+    if isinstance(name, str) and name.strip("@/ ") and not _TEMPLATE_MARKUP.search(name):
         return _valid_name(name)
     return default_project_name(root)
 

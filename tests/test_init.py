@@ -15,6 +15,7 @@ from taskmux_mcp.models import Health, TaskState
 
 VITE_READY = "(?i)ready in"
 NEXT_READY = "(?i)ready in|started server on"
+NEST_READY = "Nest application successfully started"
 
 
 def write(root: Path, files: dict[str, str]) -> None:
@@ -182,7 +183,12 @@ def test_workspace_packages_use_the_root_lockfile(tmp_path: Path) -> None:
         },
     )
     assert detect_tasks(tmp_path) == {
-        "api": {"command": "bun run start:dev", "cwd": "services/api"}
+        "api": {
+            "command": "bun run start:dev",
+            "cwd": "services/api",
+            "port": 3000,
+            "ready_log": NEST_READY,
+        }
     }
     initialised(tmp_path)
 
@@ -190,7 +196,9 @@ def test_workspace_packages_use_the_root_lockfile(tmp_path: Path) -> None:
 def test_start_dev_is_preferred_and_named_validly(tmp_path: Path) -> None:
     scripts = {"start": "nest start", "start:dev": "nest start --watch", "start:prod": "node dist"}
     write(tmp_path, {"package.json": package(scripts), "yarn.lock": ""})
-    assert detect_tasks(tmp_path) == {"start-dev": {"command": "yarn start:dev"}}
+    assert detect_tasks(tmp_path) == {
+        "start-dev": {"command": "yarn start:dev", "port": 3000, "ready_log": NEST_READY}
+    }
     assert initialised(tmp_path).task("start-dev").command == "yarn start:dev"
 
 
@@ -263,6 +271,161 @@ def test_django_is_recognised(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("files", "python"),
+    [
+        ({"uv.lock": ""}, "uv run python"),
+        ({"poetry.lock": ""}, "poetry run python"),
+        ({"pyproject.toml": '[tool.poetry]\nname = "x"\n'}, "poetry run python"),
+        ({"Pipfile": ""}, "pipenv run python"),
+        ({"pyproject.toml": '[project]\nname = "x"\n'}, "python"),
+    ],
+)
+def test_django_runs_with_the_python_tool_of_the_repo(
+    tmp_path: Path, files: dict[str, str], python: str
+) -> None:
+    write(tmp_path, {"manage.py": "", **files})
+    assert (
+        detect_tasks(tmp_path)["web"]["command"] == f"{python} manage.py runserver 127.0.0.1:8000"
+    )
+
+
+def test_a_backend_in_a_subfolder_joins_the_root_scripts(tmp_path: Path) -> None:
+    """vintasoftware/django-react-boilerplate: the frontend at the root, Django in backend/,
+    a template's placeholder for a package name; the frontend/ scripts the root drives."""
+    write(
+        tmp_path,
+        {
+            "package.json": package(
+                {"dev": "webpack serve --mode=development --hot"}, name="{{project_name}}-frontend"
+            ),
+            "pnpm-lock.yaml": "",
+            "pyproject.toml": '[tool.poetry]\nname = "{{project_name}}"\n',
+            "backend/manage.py": "",
+            "frontend/package.json": package({"dev": "vite"}),
+        },
+    )
+    assert detect_tasks(tmp_path) == {
+        "dev": {"command": "pnpm run dev"},
+        "backend": {
+            "command": "poetry run python manage.py runserver 127.0.0.1:8000",
+            "cwd": "backend",
+            "port": 8000,
+        },
+    }
+    assert initialised(tmp_path).name == tmp_path.name
+
+
+def test_django_kept_in_app_is_found(tmp_path: Path) -> None:
+    """testdrivenio/django-on-docker keeps its project in app/."""
+    write(tmp_path, {"docker-compose.yml": "services: {}\n", "app/manage.py": ""})
+    assert detect_tasks(tmp_path) == {
+        "app": {
+            "command": "python manage.py runserver 127.0.0.1:8000",
+            "cwd": "app",
+            "port": 8000,
+        }
+    }
+
+
+def test_a_procfile_web_process_gets_its_port_as_heroku_gives_it(tmp_path: Path) -> None:
+    """heroku/*-getting-started: web reads $PORT from its environment, not its command line;
+    other processes get no port; a Go binary Heroku would build runs with `go run`."""
+    write(
+        tmp_path,
+        {
+            "Procfile": "web: gunicorn --config gunicorn.conf.py gettingstarted.wsgi\n"
+            "worker: celery -A app worker\n"
+            "sync: bin/syncer --every 5m\n",
+            "go.mod": "module github.com/heroku/go-getting-started\n",
+            "main.go": "package main\n",
+            "cmd/syncer/main.go": "package main\n",
+        },
+    )
+    assert detect_tasks(tmp_path) == {
+        "web": {
+            "command": "gunicorn --config gunicorn.conf.py gettingstarted.wsgi",
+            "port": "auto",
+        },
+        "worker": {"command": "celery -A app worker"},
+        "sync": {"command": "go run ./cmd/syncer --every 5m"},
+    }
+    write(tmp_path, {"Procfile": "web: go-getting-started\n"})
+    assert detect_tasks(tmp_path) == {"web": {"command": "go run .", "port": "auto"}}
+
+
+SERVE_PORT_FROM_ENV = (
+    "import http.server, os\n"
+    "address = ('127.0.0.1', int(os.environ['PORT']))\n"
+    "http.server.HTTPServer(address, http.server.SimpleHTTPRequestHandler).serve_forever()\n"
+)
+
+
+def test_a_procfile_web_reading_port_from_its_environment_starts_healthy(
+    project: Workspace,
+) -> None:
+    write(project.root, {"Procfile": "web: python3 serve.py\n", "serve.py": SERVE_PORT_FROM_ENV})
+    proc = project.cli("init", "--defaults")
+    assert proc.returncode == 0, proc.stderr
+    sup = project.open()
+    result = anyio.run(lambda: sup.start(timeout=30))
+    assert result.ok, result
+    web = status_of(sup, "web")
+    assert web.state is TaskState.RUNNING and web.health is Health.HEALTHY
+    assert isinstance(web.port, int)
+
+
+def test_a_procfile_port_is_seen_in_host_port_and_through_make(tmp_path: Path) -> None:
+    """django/djangoproject.com: `web: make run`, whose recipe runs runserver 0.0.0.0:8000."""
+    write(
+        tmp_path,
+        {
+            "Procfile": "web: make run\nscss: make watch-scss\n"
+            "api: gunicorn -b 127.0.0.1:5001 api:app\n"
+            "e2e: wait-on http://localhost:3000 && playwright test\n",
+            "Makefile": "SCSS = static/scss\n\nrun:\n\tpython -m manage runserver 0.0.0.0:8000\n\n"
+            "watch-scss:\n\twatchmedo shell-command --patterns=*.scss $(SCSS)\n",
+        },
+    )
+    assert detect_tasks(tmp_path) == {
+        "web": {"command": "make run", "port": 8000},
+        "scss": {"command": "make watch-scss"},
+        "api": {"command": "gunicorn -b 127.0.0.1:5001 api:app", "port": 5001},
+        "e2e": {"command": "wait-on http://localhost:3000 && playwright test"},
+    }
+
+
+RAILS_APP = {"config/application.rb": "module App; end\n", "bin/rails": "#!/usr/bin/env ruby\n"}
+
+
+def test_a_rails_app_without_procfile_dev_runs_bin_dev(tmp_path: Path) -> None:
+    """basecamp/once-campfire: its Procfile is production's (thrust); bin/dev is the dev server."""
+    procfile = "web: bundle exec thrust bin/start-app\nredis: redis-server config/redis.conf\n"
+    write(tmp_path, {**RAILS_APP, "bin/dev": "", "Procfile": procfile})
+    assert detect_tasks(tmp_path) == {"web": {"command": "bin/dev", "port": 3000}}
+
+
+def test_a_rails_app_without_bin_dev_keeps_its_procfile_else_runs_rails_server(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, RAILS_APP)
+    assert detect_tasks(tmp_path) == {"web": {"command": "bin/rails server", "port": 3000}}
+    write(tmp_path, {"Procfile": "web: bundle exec puma -C config/puma.rb\n"})
+    assert detect_tasks(tmp_path) == {
+        "web": {"command": "bundle exec puma -C config/puma.rb", "port": "auto"}
+    }
+
+
+def test_a_dev_server_inside_quotes_is_recognised(tmp_path: Path) -> None:
+    """shadcn-ui/taxonomy: `concurrently "contentlayer dev" "next dev"`."""
+    write(
+        tmp_path, {"package.json": package({"dev": 'concurrently "contentlayer dev" "next dev"'})}
+    )
+    assert detect_tasks(tmp_path) == {
+        "dev": {"command": "npm run dev", "port": 3000, "ready_log": NEXT_READY}
+    }
+
+
 CARGO_PACKAGE = '[package]\nname = "tool"\nversion = "0.1.0"\n'
 GO_MOD = "module example.com/acme/worker\n\ngo 1.22\n"
 CARGO_CASES = [
@@ -312,13 +475,33 @@ GO_CASES = [
             "worker": {"command": "go run ./cmd/worker"},
         },
     ),
+    (  # benbjohnson/wtf: the CLI is named after the module, its server is wtfd
+        {
+            "go.mod": "module github.com/acme/wtf\n",
+            "wtf.go": "package wtf\n",
+            "cmd/wtf/main.go": "package main\n",
+            "cmd/wtfd/main.go": "package main\n",
+        },
+        {
+            "wtf": {"command": "go run ./cmd/wtf", "auto_start": False},
+            "wtfd": {"command": "go run ./cmd/wtfd"},
+        },
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     ("files", "expected"),
     CARGO_CASES + GO_CASES,
-    ids=["cargo-library", "cargo-one-bin", "cargo-bins", "go-library", "go-main", "go-cmd-mains"],
+    ids=[
+        "cargo-library",
+        "cargo-one-bin",
+        "cargo-bins",
+        "go-library",
+        "go-main",
+        "go-cmd-mains",
+        "go-cmd-daemon",
+    ],
 )
 def test_cargo_and_go_run_binaries_only(
     tmp_path: Path, files: dict[str, str], expected: dict[str, object]
