@@ -17,7 +17,6 @@ import contextlib
 import os
 import select
 import signal
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import anyio
 import anyio.to_thread
 import psutil
 
+from taskmux_mcp.coalesce import Coalesced
 from taskmux_mcp.errors import InvalidArgument, PortBusy
 
 ENV_MARKER = "TASKMUX_TASK_ID"
@@ -164,20 +164,12 @@ class _ProcessTable:
     a process's marker is read once in its life (its environment is fixed at exec)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._started = -1.0
-        self._rows: dict[int, _Row] = {}
         self._markers: dict[tuple[int, float], str | None] = {}
+        self._reading = Coalesced(self._scan)
 
     def rows(self) -> dict[int, _Row]:
         """A scan begun after this call."""
-        asked = time.monotonic()
-        with self._lock:
-            if self._started >= asked:
-                return self._rows
-            self._started = time.monotonic()
-            self._rows = self._scan()
-            return self._rows
+        return self._reading.get()
 
     def _scan(self) -> dict[int, _Row]:
         rows: dict[int, _Row] = {}

@@ -24,6 +24,7 @@ import anyio
 from . import interactive, lifecycle, processes, readiness, records
 from .backend import Launch, Pane, Snapshot
 from .clock import SYSTEM_CLOCK, Clock
+from .coalesce import Batched
 from .config import Condition, ProjectConfig, discover_config, load_config
 from .envfiles import load_env_files
 from .errors import (
@@ -173,8 +174,7 @@ class Project:
         )  # fmt: skip
         self.ports = PortBook(self.paths.ports, self.key)
         self.ready_lines: dict[str, tuple[int, str]] = {}
-        self._spawns: list[_Spawn] = []
-        self._spawning = False
+        self._spawns: Batched[Launch, Pane] = Batched(self._spawn_batch)
         self._redactor: tuple[object, Redactor] | None = None
 
     def log_pipe(self, name: str, run: int, *, resume: bool = False) -> str:
@@ -359,41 +359,22 @@ class Project:
         """Create or respawn a window. The launches asked for at once in this process go to
         tmux together, in one call; across processes one batch at a time (a session is
         created once)."""
-        waiting = _Spawn(spec)
-        self._spawns.append(waiting)
-        if not self._spawning:
-            self._spawning = True
-            try:
-                await anyio.sleep(0)  # the other tasks of this start join the first batch
-                while self._spawns:
-                    batch, self._spawns = self._spawns, []
-                    await self._spawn_batch(batch)
-            finally:
-                self._spawning = False
-        await waiting.done.wait()
-        if isinstance(waiting.result, BaseException):
-            raise waiting.result
-        assert waiting.result is not None
-        return waiting.result
+        return await self._spawns.submit(spec)
 
-    async def _spawn_batch(self, batch: Sequence[_Spawn]) -> None:
-        first = batch[0].spec.task
+    async def _spawn_batch(self, specs: list[Launch]) -> Sequence[Pane | BaseException]:
+        first = specs[0].task
         guard = FileLock(self.paths.locks / "spawn.lock", f"opening the window of {first}")
         try:
             with contextlib.suppress(OSError):  # a read-only state folder: go unguarded
                 await guard.acquire(SPAWN_WAIT_S, task=first)
             snapshot = await self.backend.snapshot()
-            specs = [item.spec for item in batch]
-            results: Sequence[Pane | BaseException] = await anyio.to_thread.run_sync(
+            return await anyio.to_thread.run_sync(
                 lambda: self.backend.launch_many_sync(specs, snapshot)
             )
         except (TaskmuxError, OSError) as exc:
-            results = [exc] * len(batch)
+            return [exc] * len(specs)
         finally:
             guard.release()
-        for item, result in zip(batch, results, strict=True):
-            item.result = result
-            item.done.set()
 
     async def ensure_hosted_monitor(self) -> None:
         """Keep a monitor in the project's own session, so policies outlive the agent."""
@@ -1177,15 +1158,6 @@ def _shell_quote(word: str) -> str:
     import shlex
 
     return shlex.quote(word)
-
-
-@dataclass
-class _Spawn:
-    """One launch waiting for its batch."""
-
-    spec: Launch
-    done: anyio.Event = field(default_factory=anyio.Event)
-    result: Pane | BaseException | None = None
 
 
 @dataclass

@@ -24,6 +24,7 @@ import libtmux
 import libtmux.common
 
 from .backend import Launch, Pane, Snapshot, launch_script
+from .coalesce import Batched, Coalesced
 from .errors import TmuxError
 from .processes import is_running
 from .state import write_atomic
@@ -37,6 +38,7 @@ CONFIG_OPTION = "@taskmux_config"
 WINDOW_SIZE = ("220", "50")
 BATCH_CHARS = 12_000  # of one tmux call's arguments: tmux refuses about 16 KB in all
 _REPORT_TAG = "taskmux-launched "
+_RECEIPT_TAG = "taskmux-done "
 INLINE_SCRIPT_MAX = 4096  # tmux refuses command lines over about 16 KB in all
 
 _FIELDS = (
@@ -84,6 +86,8 @@ class TmuxBackend:
         self.socket_name = socket_name or "default"
         self.scripts = scripts
         self.config_path = config_path
+        self._snapshots = Coalesced(self._read_snapshot)
+        self._commands: Batched[list[str], None] = Batched(self._run_batch)
 
     def _call(self, args: Sequence[str]) -> tuple[int, list[str], str]:
         """One tmux process on this project's server: (status, stdout lines, stderr)."""
@@ -112,10 +116,14 @@ class TmuxBackend:
         return lines
 
     def snapshot_sync(self) -> Snapshot:
-        """Every pane of this project and which session names are taken, in one tmux spawn.
+        """Every pane of this project and which session names are taken, in one tmux spawn
+        begun after the call (shared by the callers that asked meanwhile).
 
         A second spawn happens only to recover an exit status tmux failed to collect.
         """
+        return self._snapshots.get()
+
+    def _read_snapshot(self) -> Snapshot:
         snapshot, unreaped, server_pid = self._list_panes()
         if unreaped and server_pid:
             # tmux 3.3 can miss a SIGCHLD when panes die together, leaving a zombie whose
@@ -231,7 +239,7 @@ class TmuxBackend:
         batch: list[tuple[Launch, list[str]]] = []
         size = 0
         for item in [*prepared, None]:
-            item_size = 0 if not isinstance(item, tuple) else sum(len(w) + 3 for w in item[1])
+            item_size = 0 if not isinstance(item, tuple) else _words_size(item[1])
             if batch and (item is None or size + item_size > BATCH_CHARS):
                 results.extend(self._run_launches(batch))
                 batch, size = [], 0
@@ -347,7 +355,35 @@ class TmuxBackend:
         return f"{self.session_name}-{self.project_key[-6:]}"
 
     async def _run(self, *args: str) -> None:
-        await anyio.to_thread.run_sync(lambda: self.run(*args))
+        """One tmux command, sent with the others asked for at the same moment in one call."""
+        await self._commands.submit(list(args))
+
+    async def _run_batch(self, commands: list[list[str]]) -> list[TmuxError | None]:
+        return await anyio.to_thread.run_sync(self._run_commands, commands)
+
+    def _run_commands(self, commands: Sequence[list[str]]) -> list[TmuxError | None]:
+        """Commands in as few tmux calls as fit; tmux stops at a failing one: those before it
+        are done (their receipts came), it failed, the ones after it are tried again."""
+        results: list[TmuxError | None] = []
+        todo = list(commands)
+        while todo:
+            batch: list[list[str]] = []
+            size = 0
+            while todo and (not batch or size + _words_size(todo[0]) <= BATCH_CHARS):
+                size += _words_size(todo[0])
+                batch.append(todo.pop(0))
+            words = [
+                w for i, c in enumerate(batch)
+                for w in [*c, ";", "display-message", "-p", f"{_RECEIPT_TAG}{i}", ";"]
+            ][:-1]  # fmt: skip
+            status, lines, errors = self._call(words)
+            done = sum(1 for line in lines if line.startswith(_RECEIPT_TAG))
+            results.extend([None] * done)
+            if done < len(batch):
+                message = errors.replace("\n", "; ") or f"tmux exited {status}"
+                results.append(TmuxError(f"tmux {batch[done][0]} failed: {message}"))
+                todo[:0] = batch[done + 1 :]
+        return results
 
     async def interrupt(self, pane_id: str) -> None:
         """Type C-c into the pane (SIGINT to its foreground process group)."""
@@ -438,6 +474,11 @@ def version_problem(minimum: str = "3.2") -> str | None:
 
 _SCREEN_FORMAT = "#{cursor_x} #{cursor_y} #{pane_width} #{pane_height}"
 _LITERAL_CHUNK = 1024
+
+
+def _words_size(words: Sequence[str]) -> int:
+    """What a command takes of a tmux call's limit (its receipt or report included)."""
+    return sum(len(w.encode()) + 1 for w in words) + 64
 
 
 def _literal_chunks(text: str) -> list[str]:

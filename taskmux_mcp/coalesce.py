@@ -1,0 +1,82 @@
+"""Many concurrent actions, few expensive calls: one reading of a shared fact (the process
+table, tmux's panes) serves every caller who asked while the previous reading ran, and requests
+made at once (windows to open, tmux commands) go out together in one batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import anyio
+
+T = TypeVar("T")
+
+
+class Coalesced(Generic[T]):
+    """Calls `read` for a caller only when no reading began after that caller asked."""
+
+    def __init__(self, read: Callable[[], T]) -> None:
+        self._read = read
+        self._lock = threading.Lock()
+        self._began = -1.0
+        self._value: T | None = None
+
+    def get(self) -> T:
+        """A reading begun after this call (shared with whoever else asked meanwhile)."""
+        asked = time.monotonic()
+        with self._lock:
+            if self._value is not None and self._began >= asked:
+                return self._value
+            self._began = time.monotonic()
+            self._value = None
+            self._value = self._read()
+            return self._value
+
+
+Q = TypeVar("Q")
+R = TypeVar("R")
+
+
+@dataclass
+class _Slot(Generic[Q, R]):
+    request: Q
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: R | BaseException | None = None
+
+
+class Batched(Generic[Q, R]):
+    """Requests made in this process while a batch is under way go together in the next one;
+    `handle` gets a batch and returns each request's result or exception, in order."""
+
+    def __init__(self, handle: Callable[[list[Q]], Awaitable[Sequence[R | BaseException]]]) -> None:
+        self._handle = handle
+        self._pending: list[_Slot[Q, R]] = []
+        self._busy = False
+
+    async def submit(self, request: Q) -> R:
+        """The request's result, once its batch is done."""
+        slot: _Slot[Q, R] = _Slot(request)
+        self._pending.append(slot)
+        if not self._busy:
+            self._busy = True
+            try:
+                await anyio.sleep(0)  # the requests made at the same moment join the first batch
+                with anyio.CancelScope(shield=True):  # the others wait on this batch too
+                    while self._pending:
+                        batch, self._pending = self._pending, []
+                        try:
+                            results = await self._handle([s.request for s in batch])
+                        except Exception as exc:  # every waiter hears of it, none hangs
+                            results = [exc] * len(batch)
+                        for waiting, result in zip(batch, results, strict=True):
+                            waiting.result = result
+                            waiting.done.set()
+            finally:
+                self._busy = False
+        await slot.done.wait()
+        if isinstance(slot.result, BaseException):
+            raise slot.result
+        return slot.result  # type: ignore[return-value]

@@ -1,0 +1,114 @@
+"""Shared readings and batched requests: few expensive calls for many concurrent actions."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import anyio
+import pytest
+from support import Workspace
+
+from taskmux_mcp.coalesce import Batched, Coalesced
+from taskmux_mcp.errors import TmuxError
+
+
+def test_a_reading_serves_the_callers_who_asked_while_the_previous_one_ran() -> None:
+    asked = []
+    began: list[float] = []
+
+    def read() -> int:
+        began.append(time.monotonic())
+        if len(began) == 1:  # the first reading lasts until every other caller has asked
+            deadline = time.monotonic() + 5
+            while len(asked) < 8 and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return len(began)
+
+    shared = Coalesced(read)
+    got: list[tuple[float, int]] = []
+
+    def caller() -> None:
+        asked.append(time.monotonic())
+        value = shared.get()
+        got.append((asked[-1], value))
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    values = sorted(v for _, v in got)
+    assert values[0] == 1 and len(began) <= 3  # 8 callers, at most 3 readings
+    assert all(began[value - 1] >= when for when, value in got)  # each from a reading begun later
+    later = time.monotonic()
+    assert shared.get() == len(began) and began[-1] >= later  # never a reading from before
+
+
+def test_requests_made_at_once_go_in_one_batch_and_failures_reach_each_waiter() -> None:
+    batches: list[list[int]] = []
+
+    async def handle(batch: list[int]) -> list[int | BaseException]:
+        batches.append(batch)
+        await anyio.sleep(0.01)
+        return [ValueError(f"bad {n}") if n == 3 else n * 10 for n in batch]
+
+    batched: Batched[int, int] = Batched(handle)
+    results: dict[int, object] = {}
+
+    async def one(n: int) -> None:
+        try:
+            results[n] = await batched.submit(n)
+        except ValueError as exc:
+            results[n] = str(exc)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            for n in range(6):
+                group.start_soon(one, n)
+
+    anyio.run(main)
+    assert results == {0: 0, 1: 10, 2: 20, 3: "bad 3", 4: 40, 5: 50}
+    assert batches == [[0, 1, 2, 3, 4, 5]]
+
+
+def test_a_broken_batch_handler_fails_every_waiter_instead_of_hanging() -> None:
+    async def handle(batch: list[int]) -> list[int | BaseException]:
+        raise RuntimeError("handler broke")
+
+    batched: Batched[int, int] = Batched(handle)
+
+    async def main() -> list[str]:
+        seen: list[str] = []
+
+        async def one(n: int) -> None:
+            with pytest.raises(RuntimeError, match="handler broke"):
+                await batched.submit(n)
+            seen.append("raised")
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                for n in range(3):
+                    group.start_soon(one, n)
+        return seen
+
+    assert anyio.run(main) == ["raised"] * 3
+
+
+def test_tmux_commands_after_a_failing_one_still_run(project: Workspace) -> None:
+    project.write('[tasks.a]\ncommand = "sleep 1000"\n')
+    sup = project.open()
+    assert anyio.run(lambda: sup.start(timeout=10)).ok
+    pane = anyio.run(sup.backend.snapshot).panes["a"].pane_id
+    results = sup.backend._run_commands(
+        [
+            ["set-option", "-w", "-t", pane, "@first", "1"],
+            ["set-option", "-w", "-t", "%999999", "@nowhere", "1"],
+            ["set-option", "-w", "-t", pane, "@third", "3"],
+        ]
+    )
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], TmuxError) and "set-option" in str(results[1])
+    shown = sup.backend.run("show-options", "-w", "-t", pane)
+    assert "@first 1" in shown and "@third 3" in shown
+    anyio.run(sup.stop)
