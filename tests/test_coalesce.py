@@ -29,9 +29,9 @@ def test_a_reading_serves_the_callers_who_asked_while_the_previous_one_ran() -> 
     got: list[tuple[float, int]] = []
 
     def caller() -> None:
-        asked.append(time.monotonic())
-        value = shared.get()
-        got.append((asked[-1], value))
+        when = time.monotonic()
+        asked.append(when)
+        got.append((when, shared.get()))
 
     threads = [threading.Thread(target=caller) for _ in range(8)]
     for t in threads:
