@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from .errors import InvalidArgument
 from .logs import lines_backward, parse_since
 from .models import EventRecord, EventsResult
+from .state import watch_file
 
 if TYPE_CHECKING:
     import asyncio
@@ -127,26 +128,12 @@ class _Bus:
                 return
             self._observer = False  # tried: a folder that cannot be watched leaves the polling
         try:
-            from watchdog.events import FileSystemEvent, FileSystemEventHandler
-            from watchdog.observers import Observer
-
-            name, bus = self.path.name, self
-
-            class Appended(FileSystemEventHandler):
-                def on_any_event(self, event: FileSystemEvent) -> None:
-                    paths = [event.src_path, getattr(event, "dest_path", "")]
-                    if any(os.path.basename(str(p)) == name for p in paths if p):
-                        bus.poke()
-
-            observer = Observer()
-            observer.schedule(Appended(), str(self.path.parent), recursive=False)
-            observer.daemon = True
-            observer.start()
+            stop = watch_file(self.path, self.poke)
         except (OSError, RuntimeError) as exc:
             log.debug("cannot watch %s, polling it: %s", self.path, exc)
             return
         with self.lock:
-            self._observer = observer
+            self._observer = stop
 
 
 _BUSES: dict[str, _Bus] = {}

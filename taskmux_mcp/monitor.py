@@ -45,6 +45,7 @@ from .policy import (
 from .processes import PidWatch, describe_signal
 from .project import Project
 from .records import ExitRecord, Phase, Read, StopKind, TaskRecord, interrupted_by
+from .state import watch_file
 
 log = logging.getLogger("taskmux.monitor")
 
@@ -53,7 +54,6 @@ SWEEP_S = 2.0
 IDLE_CHECK_POLLS = 10
 CONFIG_DEBOUNCE_S = 0.3
 WRITER_GRACE_S = 2.0
-CHANGE_EVENTS = frozenset({"modified", "created", "moved", "deleted", "closed"})
 
 
 class Need(StrEnum):
@@ -75,7 +75,7 @@ class ConfigWatcher:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.changed_at: float | None = None
-        self._observer: object | None = None
+        self._stop_watch: Callable[[], None] | None = None
         self._lock = threading.Lock()
 
     def _touch(self) -> None:
@@ -84,32 +84,13 @@ class ConfigWatcher:
 
     def start(self) -> None:
         """Begin watching the config's folder."""
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        target = self.path.name
-        watcher = self
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                if event.event_type not in CHANGE_EVENTS:
-                    return  # reads of the file (opened, closed without writing) change nothing
-                paths = [event.src_path, getattr(event, "dest_path", "")]
-                if any(os.path.basename(str(p)) == target for p in paths if p):
-                    watcher._touch()
-
-        observer = Observer()
-        observer.schedule(Handler(), str(self.path.parent), recursive=False)
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
+        self._stop_watch = watch_file(self.path, self._touch)
 
     def stop(self) -> None:
         """Stop watching."""
-        observer = self._observer
-        if observer is not None:
-            observer.stop()  # type: ignore[attr-defined]
-            self._observer = None
+        if self._stop_watch is not None:
+            self._stop_watch()
+            self._stop_watch = None
 
     def settled(self) -> bool:
         """True once a change happened and the file has been quiet for the debounce time."""

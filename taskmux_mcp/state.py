@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,3 +133,29 @@ def write_atomic(path: Path, data: bytes, mode: int | None = 0o600) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+CHANGE_EVENTS = frozenset({"modified", "created", "moved", "deleted", "closed"})
+
+
+def watch_file(path: Path, changed: Callable[[], None]) -> Callable[[], None]:
+    """Call `changed` (from a watchdog thread) whenever the file is written, replaced, created
+    or deleted; returns what stops the watch. OSError when its folder cannot be watched."""
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    name = path.name
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            if event.event_type not in CHANGE_EVENTS:
+                return  # reads of the file (opened, closed without writing) change nothing
+            paths = [event.src_path, getattr(event, "dest_path", "")]
+            if any(os.path.basename(str(p)) == name for p in paths if p):
+                changed()
+
+    observer = Observer()
+    observer.schedule(Handler(), str(path.parent), recursive=False)
+    observer.daemon = True
+    observer.start()
+    return observer.stop
