@@ -57,14 +57,15 @@ class Batched(Generic[Q, R]):
         self._busy = False
 
     async def submit(self, request: Q) -> R:
-        """The request's result, once its batch is done."""
+        """The request's result, once its batch is done. A caller cancelled meanwhile may
+        still have its request carried out: shield the call where that matters."""
         slot: _Slot[Q, R] = _Slot(request)
         self._pending.append(slot)
         if not self._busy:
             self._busy = True
             try:
-                await anyio.sleep(0)  # the requests made at the same moment join the first batch
-                with anyio.CancelScope(shield=True):  # the others wait on this batch too
+                with anyio.CancelScope(shield=True):  # the others wait on this caller's batches
+                    await anyio.sleep(0)  # the requests made at the same moment join the first
                     while self._pending:
                         batch, self._pending = self._pending, []
                         try:
@@ -76,7 +77,8 @@ class Batched(Generic[Q, R]):
                             waiting.done.set()
             finally:
                 self._busy = False
-        await slot.done.wait()
+        if not slot.done.is_set():
+            await slot.done.wait()
         if isinstance(slot.result, BaseException):
             raise slot.result
         return slot.result  # type: ignore[return-value]

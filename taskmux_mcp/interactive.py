@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections import deque
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .errors import ArgumentError, InvalidArgument
+from .errors import ArgumentError, InvalidArgument, TmuxError
 from .events import Cause, EventType
 from .lifecycle import drain
 from .locks import FileLock
@@ -32,6 +33,7 @@ CONTEXT_LINES = 3
 TAIL_LINES = 15
 INPUT_LOCK_WAIT_S = 10.0
 INTERRUPT_KEYS = frozenset({"C-c", "C-\\", "C-d"})
+INTERRUPT_CHARS = "\x03\x1c\x04"  # the same keys typed as text
 
 _NAMED = {
     "enter": "Enter", "return": "Enter", "tab": "Tab", "btab": "BTab", "shift-tab": "BTab",
@@ -86,10 +88,8 @@ async def send(
     pane = _pane_of(project, name, pane, "type into")
     if pane.dead:
         raise InvalidArgument(f"task '{name}' is not running: there is nothing to type into")
-    if any(value in INTERRUPT_KEYS for literal, value in pressed if not literal):
-        # Its exit soon after is the sender's doing, not a crash (see records.interrupted_by).
-        mark = f"{pane.run or 0} {time.time():.3f} {cause.value}"
-        await project.backend.mark_interrupt(pane.pane_id, mark)
+    interrupts = any(value in INTERRUPT_KEYS for literal, value in pressed if not literal)
+    interrupts = interrupts or any(c in text for c in INTERRUPT_CHARS)
     # One sender at a time per task: two texts typed at once never interleave.
     lock = FileLock(project.paths.locks / f"input-{name}.lock", "typing")
     try:
@@ -98,7 +98,17 @@ async def send(
     except OSError:
         held = False  # a state folder that cannot hold locks does not stop the typing
     try:
-        await anyio.to_thread.run_sync(project.backend.type_sync, pane.pane_id, text, pressed)
+        if interrupts:
+            # Its exit soon after is the sender's doing, not a crash (records.interrupted_by).
+            mark = f"{pane.run or 0} {time.time():.3f} {cause.value}"
+            await project.backend.mark_interrupt(pane.pane_id, mark)
+        try:
+            await anyio.to_thread.run_sync(project.backend.type_sync, pane.pane_id, text, pressed)
+        except TmuxError:
+            if interrupts:
+                with contextlib.suppress(TmuxError):
+                    await project.backend.mark_interrupt(pane.pane_id, "")
+            raise
     finally:
         if held:
             lock.release()

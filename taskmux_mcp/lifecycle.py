@@ -28,7 +28,7 @@ from .events import Cause, EventType
 from .hooks import run_hook
 from .models import TaskResult, TaskState
 from .policy import Action, Counters, Decision, Observation, Seen, decide
-from .records import ExitRecord, Phase, StopKind, TaskRecord, observe
+from .records import ExitRecord, Phase, StopKind, TaskRecord, interrupted_by, observe
 
 if TYPE_CHECKING:
     from .locks import FileLock
@@ -353,12 +353,17 @@ async def _record_own_end(
     (so a stop has nothing to prevent); False when it would, or it is not that case."""
     record = project.records.get(name)
     fresh = record.phase is Phase.UP and record.handled_run < record.run == pane.run
-    if not fresh or pane.stop_mark is not None:
+    if not fresh or pane.stop_mark is not None or interrupted_by(pane) is not None:
         return False
     seen = Observation(Seen.EXITED, exit_code=pane.exit_status, exit_signal=pane.exit_signal)
     decision = decide(task, Counters(record.manually_stopped, record.restarts), seen)
     if decision.action is not Action.NOTHING:
         return False
+    await drain(project, name, pane)  # the logs are complete before anyone hears
+    event(
+        project, notes, EventType.EXITED, Cause.POLICY, name, exit_code=pane.exit_status,
+        signal=processes.describe_signal(pane.exit_signal), vanished=False, run=record.run,
+    )  # fmt: skip
     exit = ExitRecord(code=pane.exit_status, signal=pane.exit_signal, at=project.clock.now())
     now = project.clock.now()
     await change(

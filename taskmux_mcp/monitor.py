@@ -176,10 +176,11 @@ class Monitor:
                         await self.reload_config()
                 elif self.exit_when_idle and polls % IDLE_CHECK_POLLS == 0 and await self._idle():
                     return
+                # A standby watches nothing: what it knew is the leader's business now.
+                self._pids.watch(self._known_pids.values() if self.acting else ())
             except Exception:
                 # Nothing a task, tmux or the config does may end the monitor.
                 log.exception("monitor pass failed; going on")
-            self._pids.watch(self._known_pids.values())
             await self._pids.wait(POLL_S)  # an exit wakes it at once
 
     def _take_lead(self) -> bool:
@@ -195,6 +196,7 @@ class Monitor:
             )
         elif not leading and self.acting:
             self.acting = False
+            self._known_pids = {}
             log.warning("this monitor no longer leads the project; standing by")
         return leading
 

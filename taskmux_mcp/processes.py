@@ -14,6 +14,7 @@ other users are only visible to root; tasks run as our user, so that is enough.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
@@ -519,53 +520,75 @@ async def reclaim_port(
 
 
 class PidWatch:
-    """Wakes when any watched process ends, from the kernel (pidfds in one epoll), not polling."""
+    """Wakes when any watched process ends, from the kernel (pidfds in one epoll); where
+    pidfds or epoll are missing (macOS, a seccomp profile, no fds left) it checks those pids
+    at each wait's end instead."""
 
     RECHECK_S = 0.01
+    RECHECKS = 5  # an ended pid still listed (tmux has not said so yet) is news this often
 
     def __init__(self) -> None:
         self._poller: select.epoll | None = None
         self._fds: dict[int, int] = {}  # pid -> pidfd
-        self._ended: set[int] = set()
+        self._polled: set[int] = set()  # pids watched without a pidfd
+        self._ended: dict[int, int] = {}  # pid -> times it was news
         self._news = False
 
-    @property
-    def _epoll(self) -> select.epoll:
-        if self._poller is None:
-            self._poller = select.epoll()
+    def _epoll(self) -> select.epoll | None:
+        if self._poller is None and hasattr(select, "epoll"):
+            with contextlib.suppress(OSError):
+                self._poller = select.epoll()
         return self._poller
 
     def watch(self, pids: Iterable[int]) -> None:
-        """Watch exactly these pids from now on; one seen ended before counts as news again."""
+        """Watch exactly these pids from now on."""
         wanted = set(pids)
         self._collect()
-        self._ended &= wanted
+        self._ended = {pid: n for pid, n in self._ended.items() if pid in wanted}
+        self._polled &= wanted
         for pid in [p for p in self._fds if p not in wanted]:
             self._forget(pid)
-        for pid in wanted - set(self._fds):
+        for pid in wanted - set(self._fds) - self._polled:
             if pid in self._ended:
-                self._news = True  # ended, but its owner (tmux) has not said so yet: look again
+                if self._ended[pid] < self.RECHECKS:
+                    self._ended[pid] += 1
+                    self._news = True
                 continue
-            try:
-                fd = os.pidfd_open(pid)
-            except OSError:
-                self._ended.add(pid)
-                self._news = True
-                continue
-            self._fds[pid] = fd
-            self._epoll.register(fd, select.EPOLLIN)
+            self._open(pid)
+
+    def _open(self, pid: int) -> None:
+        poller = self._epoll()
+        try:
+            if poller is None or not hasattr(os, "pidfd_open"):
+                raise OSError(errno.ENOSYS, "no pidfd here")
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._ended[pid] = 1  # ended before we looked
+            self._news = True
+            return
+        except OSError:
+            self._polled.add(pid)
+            return
+        self._fds[pid] = fd
+        poller.register(fd, select.EPOLLIN)
 
     def _forget(self, pid: int) -> None:
         fd = self._fds.pop(pid)
-        self._epoll.unregister(fd)
+        if self._poller is not None:
+            self._poller.unregister(fd)
         os.close(fd)
 
     def _collect(self) -> None:
-        """Move the pids whose pidfd says they ended out of the epoll (it stays readable)."""
+        """Move the pids that ended out of the watch (a pidfd stays readable)."""
         by_fd = {fd: pid for pid, fd in self._fds.items()}
-        for fd, _ in self._epoll.poll(0):
+        ready = self._poller.poll(0) if self._poller is not None and by_fd else []
+        for fd, _ in ready:
             self._forget(by_fd[fd])
-            self._ended.add(by_fd[fd])
+            self._ended[by_fd[fd]] = 1
+            self._news = True
+        for pid in [p for p in self._polled if not is_running(p)]:
+            self._polled.discard(pid)
+            self._ended[pid] = 1
             self._news = True
 
     def ended(self) -> bool:
@@ -579,8 +602,12 @@ class PidWatch:
         if self._news:
             await anyio.sleep(self.RECHECK_S)
             return True
+        poller = self._poller if self._fds else None
+        if poller is None:
+            await anyio.sleep(timeout)
+            return False
         with anyio.move_on_after(timeout):
-            await anyio.wait_readable(self._epoll.fileno())
+            await anyio.wait_readable(poller.fileno())
             return True
         return False
 

@@ -262,9 +262,11 @@ class TmuxBackend:
         if len(done) == len(batch):
             return done
         launch = batch[len(done)][0]
-        if status == 0:
-            failed = TmuxError(f"tmux did not report the pane of task '{launch.task}'")
-        elif "still active" in errors:
+        if status == 0:  # every command ran: trying again would open windows twice
+            unreported = [TmuxError(f"tmux did not report the pane of task '{item.task}'")
+                          for item, _ in batch[len(done) :]]  # fmt: skip
+            return [*done, *unreported]
+        if "still active" in errors:
             failed = TmuxError(f"task '{launch.task}' is already running")
         else:
             message = errors.replace("\n", "; ") or f"tmux exited {status}"

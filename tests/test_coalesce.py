@@ -112,3 +112,30 @@ def test_tmux_commands_after_a_failing_one_still_run(project: Workspace) -> None
     shown = sup.backend.run("show-options", "-w", "-t", pane)
     assert "@first 1" in shown and "@third 3" in shown
     anyio.run(sup.stop)
+
+
+def test_a_cancelled_first_caller_strands_no_one() -> None:
+    async def handle(batch: list[int]) -> list[int | BaseException]:
+        await anyio.sleep(0.01)
+        return [n * 2 for n in batch]
+
+    batched: Batched[int, int] = Batched(handle)
+    got: dict[int, int] = {}
+
+    async def one(n: int) -> None:
+        got[n] = await batched.submit(n)
+
+    async def cancelled_first() -> None:
+        with anyio.CancelScope() as scope:
+            scope.cancel()  # cancelled at its very first checkpoint, as the batch's leader
+            await one(0)
+
+    async def main() -> None:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                group.start_soon(cancelled_first)
+                group.start_soon(one, 1)
+                group.start_soon(one, 2)
+
+    anyio.run(main)
+    assert got[1] == 2 and got[2] == 4  # the others were not left waiting

@@ -814,6 +814,7 @@ def test_completed_oneshot_keeps_its_verdict_after_stop_without_a_monitor(
     assert anyio.run(lambda: sup.start(timeout=20)).ok
     assert status_of(sup, "setup").state is TaskState.EXITED
     assert anyio.run(sup.stop).ok
+    assert [e["exit_code"] for e in events_of(sup, "exited", "setup")] == [0]  # heard once
     assert_verdict_kept(project, sup)
     again = anyio.run(lambda: sup.start(["web"], timeout=20))
     assert by_name(again)["setup"].action == "already_done", again

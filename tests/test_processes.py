@@ -479,6 +479,11 @@ def test_pid_watch_wakes_on_an_exit_from_the_kernel() -> None:
         assert watch.ended() and not watch.ended()  # news once
         watch.watch(pids)  # still listed (tmux has not said so yet): news again, soon
         assert watch.ended()
+        for _ in range(PidWatch.RECHECKS):
+            watch.watch(pids)
+            watch.ended()
+        watch.watch(pids)  # ...but not for ever: a stale list never makes the loop spin
+        assert not watch.ended() and anyio.run(watch.wait, 0.05) is False
         children[1].wait()
         watch.watch([pids[0], pids[2]])
         assert not watch.ended() and anyio.run(watch.wait, 0.1) is False
@@ -487,5 +492,29 @@ def test_pid_watch_wakes_on_an_exit_from_the_kernel() -> None:
     finally:
         watch.close()
         for child in children:
+            child.kill()
+            child.wait()
+
+
+def test_pid_watch_falls_back_to_checking_pids_without_pidfds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refused(pid: int) -> int:
+        raise PermissionError("pidfd_open blocked by a seccomp profile")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    child = subprocess.Popen(["sleep", "1000"])
+    watch = PidWatch()
+    try:
+        watch.watch([child.pid])
+        assert not watch.ended()  # refused is not ended
+        child.kill()
+        child.wait()
+        assert anyio.run(watch.wait, 0.05) is False  # nothing to wait on: the timeout...
+        assert watch.ended()  # ...then the pid is checked
+        assert not watch.ended()
+    finally:
+        watch.close()
+        if child.poll() is None:
             child.kill()
             child.wait()
