@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import select
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,7 +157,6 @@ class _Row:
     ppid: int | None
     sid: int | None
     marker: str | None
-    handle: Any
 
 
 class _ProcessTable:
@@ -176,19 +176,59 @@ class _ProcessTable:
         rows: dict[int, _Row] = {}
         markers: dict[tuple[int, float], str | None] = {}
         settled = time.time() - MARKER_SETTLE_S
-        for proc in psutil.process_iter(_SCAN_ATTRS, ad_value=None):
-            info = proc.info
-            if info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            born = info["create_time"] or 0.0
-            key = (info["pid"], born)
-            marker = self._markers[key] if key in self._markers else _marker_of(proc)
+        for pid, ppid, sid, born, marker_of in _live_processes():
+            key = (pid, born)
+            marker = self._markers[key] if key in self._markers else marker_of()
             if marker is not None or born < settled:
                 markers[key] = marker  # an exec right after fork may still add a marker
-            pid = info["pid"]
-            rows[pid] = _Row(pid, info["ppid"], _getsid(pid), marker, proc)
+            rows[pid] = _Row(pid, ppid, sid, marker)
         self._markers = markers
         return rows
+
+
+_Live = tuple[int, int | None, int | None, float, Callable[[], str | None]]
+
+
+def _live_processes() -> Iterator[_Live]:
+    """(pid, ppid, session, start time, how to read its marker) of every non-zombie process:
+    one read of /proc/PID/stat each on Linux, psutil elsewhere."""
+    if not os.path.isdir("/proc/self/"):
+        for proc in psutil.process_iter(_SCAN_ATTRS, ad_value=None):
+            info = proc.info
+            if info["status"] != psutil.STATUS_ZOMBIE:
+                pid = info["pid"]
+                born = info["create_time"] or 0.0
+                yield pid, info["ppid"], _getsid(pid), born, functools.partial(_marker_of, proc)
+        return
+    boot, ticks = psutil.boot_time(), os.sysconf("SC_CLK_TCK")
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+            continue
+        pid = int(name)
+        born = boot + int(fields[19]) / ticks
+        yield pid, int(fields[1]), int(fields[3]), born, functools.partial(_proc_marker, pid)
+
+
+def _proc_marker(pid: int) -> str | None:
+    """The task marker in /proc/PID/environ, if readable."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read()
+    except OSError:
+        return None
+    key = ENV_MARKER.encode() + b"="
+    for entry in environ.split(b"\0"):
+        if entry.startswith(key):
+            return entry[len(key) :].decode(errors="replace")
+    return None
 
 
 _TABLE = _ProcessTable()
@@ -214,7 +254,11 @@ def _member_pids(root_pid: int | None, task_id: str | None) -> tuple[set[int], d
             continue
         members.add(pid)
         stack.extend(children.get(pid, ()))
-    return members, {pid: rows[pid].handle for pid in members}
+    handles = {}
+    for pid in members:
+        with contextlib.suppress(psutil.Error):
+            handles[pid] = psutil.Process(pid)
+    return members, handles
 
 
 def task_processes(root_pid: int | None, task_id: str | None) -> list[ProcessInfo]:
@@ -222,7 +266,7 @@ def task_processes(root_pid: int | None, task_id: str | None) -> list[ProcessInf
     if root_pid is None and task_id is None:
         return []
     members, handles = _member_pids(root_pid, task_id)
-    found = (_snapshot(handles[pid]) for pid in sorted(members))
+    found = (_snapshot(handles[pid]) for pid in sorted(members) if pid in handles)
     return [info for info in found if info is not None]
 
 
