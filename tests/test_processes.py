@@ -161,6 +161,23 @@ def test_env_marker_finds_grandchild_that_left_session(spawner: Spawner) -> None
     assert "sleep 1003" in cmdlines(task_processes(root.pid, task))
 
 
+@pytest.mark.parametrize("proc_fs", [True, False], ids=["proc", "psutil"])
+def test_both_scans_see_the_same_tree(
+    spawner: Spawner, monkeypatch: pytest.MonkeyPatch, proc_fs: bool
+) -> None:
+    if not proc_fs:  # as off Linux: no /proc to read, psutil does the scan
+        real_isdir = os.path.isdir
+        monkeypatch.setattr(os.path, "isdir", lambda p: p != "/proc/self/" and real_isdir(p))
+    task = spawner.task_id()
+    root = spawner.shell("(setsid sleep 1003 &); sleep 1001 & wait", task)
+    found = wait_for(
+        lambda: (p := task_processes(root.pid, task)) and len(p) == 3 and p,
+        what="the tree with its escaped grandchild",
+    )
+    assert {"sleep 1001", "sleep 1003"} <= cmdlines(found)
+    assert next(p for p in found if p.pid == root.pid).sid == root.pid
+
+
 @pytest.mark.anyio
 async def test_stop_tree_kills_escaped_grandchild(spawner: Spawner) -> None:
     task = spawner.task_id()
