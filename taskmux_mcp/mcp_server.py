@@ -62,7 +62,9 @@ Use `start` / `restart` instead of running servers in your own shell: they wait 
 are healthy and otherwise tell you why not (exit status, failing check, last log lines).
 Read output with `logs` (since="start" for the current run; pass its `cursor` as `before` for \
 older lines) and `grep` (the current runs unless you give `since`); `inspect` explains a \
-failure; `events` shows what happened; `stop` / `kill` end tasks."""
+failure; `events` shows what happened; `stop` / `kill` end tasks.
+Each task has a real terminal: `wait_for` waits for a line of its output (instead of polling \
+`logs`), `send` types into it (prompts, shortcut keys), `screen` shows what it displays now."""
 
 STATUS_URI: Final = "taskmux://status"
 CONFIG_URI: Final = "taskmux://config"
