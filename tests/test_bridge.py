@@ -529,7 +529,7 @@ async def test_bad_taskmux_03_messages_get_error_replies_in_order(project: Works
         [tasks.web]
         command = "sleep 60"
         [tasks.broken]
-        command = "echo broken; exit 3"
+        command = "echo broken; sleep 0.1; exit 3"
         restart_policy = "no"
         auto_start = false
         """

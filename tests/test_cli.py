@@ -59,7 +59,7 @@ def test_failed_start_exits_1_with_the_reason(project: Workspace) -> None:
     project.write(
         """
         [tasks.broken]
-        command = "echo 'ImportError: no module named flask'; exit 2"
+        command = "echo 'ImportError: no module named flask'; sleep 0.1; exit 2"
         restart_policy = "no"
         """
     )

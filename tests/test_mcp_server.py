@@ -564,7 +564,7 @@ async def test_start_reports_a_failure_with_its_verdict(project: Workspace) -> N
     project.write(
         """
         [tasks.broken]
-        command = "echo 'Traceback: ImportError: no module named foo' >&2; exit 3"
+        command = "echo 'Traceback: ImportError: no module named foo' >&2; sleep 0.1; exit 3"
         restart_policy = "no"
         [tasks.api]
         command = "sleep 1000"

@@ -79,7 +79,7 @@ def test_backoff_schedules_each_restart_at_its_time_then_gives_up(
     project.write(
         """
         [tasks.crash]
-        command = "echo boom; exit 1"
+        command = "echo boom; sleep 0.1; exit 1"
         max_restarts = 3
         restart_backoff = 2.0
         """

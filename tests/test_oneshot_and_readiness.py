@@ -150,7 +150,7 @@ def test_failing_oneshot_blocks_its_dependent(project: Workspace) -> None:
     project.write(
         """
         [tasks.migrate]
-        command = "echo cannot reach db; exit 3"
+        command = "echo cannot reach db; sleep 0.1; exit 3"
         oneshot = true
         [tasks.web]
         command = "echo web >> order.txt; exec sleep 1000"

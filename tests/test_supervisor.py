@@ -23,7 +23,7 @@ def test_exit_status_and_signal_are_read_from_the_pane(project: Workspace) -> No
     project.write(
         """
         [tasks.three]
-        command = "echo bye; exit 3"
+        command = "echo bye; sleep 0.1; exit 3"
         restart_policy = "no"
         [tasks.segv]
         command = "kill -SEGV $$"
@@ -242,7 +242,7 @@ def test_failed_dependency_blocks_dependents_with_a_reason(project: Workspace) -
     project.write(
         """
         [tasks.db]
-        command = "echo 'FATAL: no database'; exit 7"
+        command = "echo 'FATAL: no database'; sleep 0.1; exit 7"
         [tasks.api]
         command = "sleep 1000"
         depends_on = ["db"]
