@@ -237,7 +237,7 @@ async def test_secrets_are_redacted_in_everything_agents_read(project: Workspace
     project.write(
         f"""
         [tasks.api]
-        command = "echo key is $STRIPE_KEY and token $API_TOKEN; echo debug $DEBUG; sleep .1; exit 3"
+        command = "echo key is $STRIPE_KEY and token $API_TOKEN; echo debug $DEBUG; sleep 1; exit 3"
         env = {{ API_TOKEN = "tok-abcdef123456", PLAIN = "visible-value" }}
         restart_policy = "no"
         health_check = "false"
