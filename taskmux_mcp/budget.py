@@ -7,10 +7,11 @@ so in its `notice`, with how to ask for less.
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeVar
 
 from .logs import cursor_without
-from .models import BaseModel, EventsResult, GrepResult, LogsResult
+from .models import BaseModel, EventsResult, GrepResult, LogsResult, ScreenResult
 from .terminal import LINE_CHARS, cut_line
 
 REPLY_BUDGET = 96 * 1024
@@ -30,6 +31,12 @@ def _cut_strings(value: Any) -> Any:
 
 def _size(model: BaseModel) -> int:
     return len(model.model_dump_json(exclude_none=True).encode())
+
+
+def _item_size(item: Any) -> int:
+    if isinstance(item, BaseModel):
+        return len(item.model_dump_json(exclude_none=True).encode())
+    return len(json.dumps(item, ensure_ascii=False).encode())
 
 
 def _keep(sizes: list[int], room: int, *, newest: bool) -> int:
@@ -52,12 +59,14 @@ _CUTS: dict[type[BaseModel], tuple[str, bool, str]] = {
     ),
     GrepResult: ("matches", False, "later match(es)"),
     EventsResult: ("events", True, "older event(s)"),
+    ScreenResult: ("lines", True, "top row(s) of the screen"),
 }
 _ADVICE = {
     LogsResult: "ask for fewer lines, a later `since`, or use grep; `cursor` still gives "
     "the lines before those returned",
     GrepResult: "narrow the pattern, use `since`, or less context",
     EventsResult: "ask for a smaller limit or a later `since`",
+    ScreenResult: "ask for fewer `lines` (rows counted from the bottom)",
 }
 
 
@@ -69,7 +78,7 @@ def fit(result: M, budget: int = REPLY_BUDGET) -> M:
         return fitted
     field, newest, what = _CUTS[type(fitted)]
     items: list[Any] = getattr(fitted, field)
-    sizes = [len(item.model_dump_json(exclude_none=True).encode()) + 1 for item in items]
+    sizes = [_item_size(item) + 1 for item in items]
     room = max(0, budget - (_size(fitted) - sum(sizes)) - _HEADROOM)
     keep = _keep(sizes, room, newest=newest)
     dropped = len(items) - keep

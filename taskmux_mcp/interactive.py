@@ -17,6 +17,7 @@ from .lifecycle import drain
 from .locks import FileLock
 from .logs import LineWatch
 from .models import LogLine, ScreenResult, SendResult, TaskState, WaitResult
+from .readiness import exit_text
 from .records import observe
 from .terminal import clean_text, cut_line
 
@@ -193,17 +194,10 @@ async def wait_for(
             task=name, ok=True, outcome="matched", line=line.text, time=line.time,
             before=context, state=seen.state, waited_s=waited,
         )  # fmt: skip
-    tail = project.verdict_tail(name, TAIL_LINES)
+    tail = await anyio.to_thread.run_sync(project.verdict_tail, name, TAIL_LINES)
     if pane is None or pane.dead:
         outcome = "exited" if running else "not_running"
-        why = (
-            f"killed by {seen.exit_signal}"
-            if seen.exit_signal
-            else f"exited with status {seen.exit_code}"
-            if seen.exit_code is not None
-            else seen.state.value
-        )
-        error = f"task '{name}' {why} before a line matched /{pattern}/"
+        error = f"task '{name}' {exit_text(seen)} before a line matched /{pattern}/"
         if seen.state is TaskState.STOPPED:
             error = f"task '{name}' is stopped: no line matched /{pattern}/"
         return WaitResult(

@@ -278,6 +278,8 @@ class ScreenResult(BaseModel):
     cursor_y: int
     width: int
     height: int
+    truncated: bool = Field(False, description="true when top rows were left out to fit")
+    notice: str | None = Field(None, description="what was cut to fit the reply, and why")
 
 
 class WaitResult(BaseModel):

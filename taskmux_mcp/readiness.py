@@ -127,9 +127,12 @@ def _being_restarted(record: TaskRecord, pane: Pane | None) -> bool:
     return pane is not None and pane.stop_mark == restart.value and record.run > (pane.run or 0)
 
 
-def _exit_text(seen: Observed) -> str:
+def exit_text(seen: Observed) -> str:
+    """How a run ended, in words ("killed by SIGKILL", "exited with status 3")."""
     if seen.exit_signal:
         return f"killed by {seen.exit_signal}"
+    if seen.exit_code is None:
+        return seen.state.value
     return f"exited with status {seen.exit_code}"
 
 
@@ -171,7 +174,7 @@ async def await_ready(
                 health=seen.health,
                 exit_code=seen.exit_code,
                 exit_signal=seen.exit_signal,
-                error=None if ok else _exit_text(seen),
+                error=None if ok else exit_text(seen),
                 log_tail=[] if ok else project.verdict_tail(name, LOG_TAIL_LINES),
                 duration_s=elapsed,
             )

@@ -15,11 +15,12 @@ from mcp import Client
 from support import Workspace, end_processes, events_of, run, run_monitor, slot_for, wait_until
 
 from taskmux_mcp import records
+from taskmux_mcp.budget import REPLY_BUDGET, fit
 from taskmux_mcp.errors import ArgumentError, InvalidArgument
 from taskmux_mcp.events import Cause
 from taskmux_mcp.interactive import key_name
 from taskmux_mcp.mcp_server import build_server
-from taskmux_mcp.models import TaskState
+from taskmux_mcp.models import ScreenResult, TaskState
 
 ASKER = """while :; do printf 'name? '; read n || exit 0; echo "hello [$n]"; done"""
 
@@ -323,3 +324,17 @@ async def test_mcp_wait_for_is_cancellable_and_restart_waits_for_a_line(
         refused = await client.call_tool("send", {"task": "web", "keys": ["Meta-Q"]})
         assert refused.is_error and "unknown key" in str(refused.content[0])
         await client.call_tool("stop", {})
+
+
+def test_a_screen_too_big_for_a_reply_keeps_its_bottom_rows() -> None:
+    rows = [f"row {n} " + "x" * 3000 for n in range(100)]
+    shot = ScreenResult(
+        task="tui", state=TaskState.RUNNING, lines=rows, cursor_x=0, cursor_y=99, width=3010,
+        height=100,
+    )  # fmt: skip
+    fitted = fit(shot)
+    assert len(fitted.model_dump_json().encode()) <= REPLY_BUDGET
+    assert fitted.truncated and fitted.notice and "top row(s)" in fitted.notice
+    assert fitted.lines == rows[-len(fitted.lines) :] and 0 < len(fitted.lines) < 100
+    assert fit(ScreenResult(task="t", state=TaskState.RUNNING, lines=["a"], cursor_x=0,
+                            cursor_y=0, width=1, height=1)).truncated is False  # fmt: skip
