@@ -61,6 +61,11 @@ class ProjectPaths:
         return self.root / "events.jsonl"
 
     @property
+    def server(self) -> Path:
+        """Where the local server (`taskmux serve`) publishes its port and token."""
+        return self.root / "server.json"
+
+    @property
     def bridge(self) -> Path:
         """Where a running bridge publishes its port and token."""
         return self.root / "bridge.json"
