@@ -1,46 +1,38 @@
 """WebSocket bridge: the MCP tools as JSON-RPC 2.0 for editors, dashboards and scripts (and
-taskmux 0.3's ``{"command": ...}`` messages, see `compat`).
+taskmux 0.3's ``{"command": ...}`` messages, see `compat`), served at ``/ws`` by `serve`.
 
-Every connection must present the token from ``bridge.json`` (state folder, mode 0600) and
-an allowed ``Origin`` (or none); refusals happen at the handshake and carry no data. Requests
-on one connection run concurrently; replies carry their request's id; events go to
-subscribers as notifications. Each connection has a bounded outgoing queue: a client that
-stops reading is dropped instead of holding up anyone else.
+`serve` checks every connection's token, Origin and Host before it reaches the bridge.
+Requests on one connection run concurrently; replies carry their request's id; events go to
+subscribers as notifications, and followed log lines as ``log`` notifications. Each
+connection has a bounded outgoing queue: a client that stops reading is dropped instead of
+holding up anyone else.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
-import hmac
-import ipaddress
 import json
 import logging
-import os
-import secrets
-import signal
-import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import anyio.abc
-from pydantic import BaseModel, ConfigDict, ValidationError
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
+import anyio.to_thread
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.http11 import Request, Response
 from websockets.sync.client import connect
 
 from . import compat
 from .budget import REPLY_BUDGET
+from .endpoint import read_server_info
 from .errors import (
     ArgumentError,
     ConfigError,
@@ -53,20 +45,18 @@ from .errors import (
 )
 from .events import Cause
 from .models import EventRecord
-from .monitor import Monitor
 from .operations import OPERATIONS, Call, perform
 from .project import Project, ProjectSlot
-from .state import ProjectPaths, write_atomic
+from .state import ProjectPaths
 
 log = logging.getLogger("taskmux.bridge")
 
-DEFAULT_PORT = 8765
 MAX_FRAME = 1024 * 1024  # largest incoming message; bigger ones close the connection (1009)
 OUTGOING_QUEUE = 256  # messages waiting for a client; one more and the client is dropped
 MAX_IN_FLIGHT = 32  # concurrent requests per connection
+MAX_FOLLOWS = 16  # log follows at once, over all connections (each holds a reading thread)
+FOLLOW_LINES = 200
 CLOSE_TIMEOUT = 2.0
-SHUTDOWN_TIMEOUT = 3.0
-MONITOR_RETRY_S = 1.0
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -143,6 +133,16 @@ class _SubscribeParams(BaseModel):
 
 class _NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _FollowParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[str] | None = None
+    lines: int = Field(default=FOLLOW_LINES, ge=0, le=10_000)
+
+
+EXTRA_METHODS = ("subscribe", "unsubscribe", "follow", "unfollow")
 
 
 def _reject_constant(value: str) -> Any:
@@ -261,61 +261,6 @@ def validate_params(method: str, model: type[BaseModel], params: dict[str, Any])
         ) from None
 
 
-# ------------------------------------------------------------------ handshake
-
-
-def is_loopback(host: str) -> bool:
-    """Whether host names only this machine."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _bind_host(host: str, allow_remote: bool) -> str:
-    if not host:
-        raise InvalidArgument("empty --host; use 127.0.0.1 (the default)")
-    if is_loopback(host):
-        return "127.0.0.1" if host.lower() == "localhost" else host.strip("[]")
-    if not allow_remote:
-        raise InvalidArgument(
-            f"refusing to listen on {host}: it is not a loopback address, so other machines "
-            "could reach the bridge; pass --allow-remote to do it anyway"
-        )
-    return host
-
-
-def _bearer_tokens(headers: Headers) -> list[str]:
-    tokens = []
-    for value in headers.get_all("Authorization"):
-        scheme, _, credentials = value.strip().partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip():
-            tokens.append(credentials.strip())
-    return tokens
-
-
-def _token_matches(candidate: str, token: bytes) -> bool:
-    return hmac.compare_digest(candidate.encode("utf-8", "surrogateescape"), token)
-
-
-def _origin_allowed(origins: list[str], allowed: tuple[str, ...]) -> bool:
-    if not origins:
-        return True  # not a browser: the token alone decides
-    if len(origins) > 1:
-        return False
-    wanted = {a.strip().rstrip("/").lower() for a in allowed}
-    return origins[0].strip().rstrip("/").lower() in wanted
-
-
-def _refusal(connection: ServerConnection, status: HTTPStatus) -> Response:
-    response = connection.respond(status, f"{status.value} {status.phrase}\n")
-    if status is HTTPStatus.UNAUTHORIZED:
-        response.headers["WWW-Authenticate"] = "Bearer"
-    return response
-
-
 # ------------------------------------------------------------------ connections
 
 
@@ -356,17 +301,18 @@ class _InOrder:
 
 
 class _Client:
-    """One authenticated connection: its outgoing queue, subscription and requests."""
+    """One authenticated connection: its outgoing queue, subscription, log follow, requests."""
 
-    def __init__(self, ws: ServerConnection) -> None:
+    def __init__(self, ws: WebSocket, group: anyio.abc.TaskGroup) -> None:
         self.ws = ws
+        self.group = group
         self.outgoing, self._queued = anyio.create_memory_object_stream[str](OUTGOING_QUEUE)
         self.subscribed = False
         self.task_filter: frozenset[str] | None = None
         self.in_flight = 0
         self.in_order = _InOrder(self)
         self.closed = False
-        self._closer: asyncio.Task[None] | None = None
+        self.follow_stop: threading.Event | None = None
 
     def push(self, message: dict[str, Any]) -> None:
         """Queue a message; a client whose queue is full is dropped."""
@@ -390,20 +336,27 @@ class _Client:
             return
         self.closed = True
         self.outgoing.close()
+        self.stop_following()
         log.warning("dropping bridge client %s: %s", _peer(self.ws), reason)
-        self._closer = asyncio.get_running_loop().create_task(self._close(reason))
+        self.group.start_soon(self._close, reason)
 
     async def _close(self, reason: str) -> None:
-        with anyio.move_on_after(CLOSE_TIMEOUT):
+        with anyio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(Exception):
             await self.ws.close(1008, reason[:120])
-        self.ws.transport.abort()
+        self.group.cancel_scope.cancel()
+
+    def stop_following(self) -> None:
+        """End this connection's log follow, if any."""
+        if self.follow_stop is not None:
+            self.follow_stop.set()
+            self.follow_stop = None
 
     async def write_loop(self) -> None:
         """Send queued messages in order until the connection or the queue closes."""
-        with contextlib.suppress(ConnectionClosed):
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             async with self._queued:
                 async for text in self._queued:
-                    await self.ws.send(text)
+                    await self.ws.send_text(text)
 
     def wants(self, event: EventRecord) -> bool:
         """Whether this client subscribed to this event."""
@@ -412,64 +365,47 @@ class _Client:
         return self.task_filter is None or event.task in self.task_filter
 
 
-def _peer(ws: ServerConnection) -> str:
-    try:
-        address = ws.remote_address
-    except Exception:
-        return "?"
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return str(address)
+def _peer(ws: WebSocket) -> str:
+    client = ws.client
+    return f"{client.host}:{client.port}" if client is not None else "?"
 
 
 class Bridge:
-    """The JSON-RPC service behind the WebSocket server (one per running bridge)."""
+    """The JSON-RPC service behind the WebSocket endpoint (one per running server)."""
 
-    def __init__(self, slot: ProjectSlot, token: str) -> None:
+    def __init__(self, slot: ProjectSlot) -> None:
         self.slot = slot
-        self._token = token.encode()
         self.group: anyio.abc.TaskGroup | None = None
         self.clients: set[_Client] = set()
+        self.follow_threads = anyio.CapacityLimiter(MAX_FOLLOWS)
 
-    def allowed_origins(self) -> tuple[str, ...]:
-        """The [bridge] allowed_origins of the config in force."""
-        with contextlib.suppress(TaskmuxError):
-            self.slot.get()
-        current = self.slot.current
-        return current.config.bridge.allowed_origins if current is not None else ()
-
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Refuse the handshake unless the Origin is allowed and the token is right."""
-        if not _origin_allowed(request.headers.get_all("Origin"), self.allowed_origins()):
-            return _refusal(connection, HTTPStatus.FORBIDDEN)
-        candidates = _bearer_tokens(request.headers)
-        candidates += parse_qs(urlsplit(request.path).query).get("token", [])
-        # every candidate is compared, so timing does not tell which one (or whether any) matched
-        matches = [_token_matches(candidate, self._token) for candidate in candidates]
-        if not any(matches):
-            return _refusal(connection, HTTPStatus.UNAUTHORIZED)
-        return None
-
-    async def handler(self, ws: ServerConnection) -> None:
-        """Serve one connection until it closes."""
-        client = _Client(ws)
-        self.clients.add(client)
+    async def handler(self, ws: WebSocket) -> None:
+        """Serve one (already authorized) connection until it closes."""
+        await ws.accept()
         try:
             async with anyio.create_task_group() as group:
+                client = _Client(ws, group)
+                self.clients.add(client)
                 group.start_soon(client.write_loop)
                 try:
-                    async for message in ws:
-                        self.dispatch(client, message)
-                except ConnectionClosed:
-                    pass
+                    while True:
+                        message = await ws.receive()
+                        if message["type"] == "websocket.disconnect":
+                            break
+                        data = message.get("text")
+                        self.dispatch(client, data if data is not None else message.get("bytes"))
                 finally:
                     client.closed = True
                     client.outgoing.close()
-        finally:
-            self.clients.discard(client)
+                    client.stop_following()
+                    self.clients.discard(client)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
 
-    def dispatch(self, client: _Client, message: str | bytes) -> None:
+    def dispatch(self, client: _Client, message: str | bytes | None) -> None:
         """Answer bad messages at once; run good ones concurrently."""
+        if message is None:
+            return
         try:
             data = decode_message(message)
             if compat.is_legacy(data):
@@ -482,6 +418,9 @@ class Bridge:
         if call.method in ("subscribe", "unsubscribe"):
             self._subscription(client, call)
             return
+        if call.method in ("follow", "unfollow"):
+            self._follow(client, call)
+            return
         if call.method not in OPERATIONS:
             self._reply_error(
                 client,
@@ -489,7 +428,7 @@ class Bridge:
                 RpcError(
                     METHOD_NOT_FOUND,
                     f"unknown method {call.method[:64]!r}; methods: "
-                    + ", ".join([*OPERATIONS, "subscribe", "unsubscribe"]),
+                    + ", ".join([*OPERATIONS, *EXTRA_METHODS]),
                 ),
             )
             return
@@ -564,6 +503,72 @@ class Bridge:
                 {"jsonrpc": "2.0", "id": call.id, "result": {"subscribed": client.subscribed}}
             )
 
+    def _follow(self, client: _Client, call: RpcRequest) -> None:
+        try:
+            if call.method == "unfollow":
+                validate_params(call.method, _NoParams, call.params)
+                client.stop_following()
+                result: dict[str, Any] = {"following": []}
+            else:
+                params = validate_params(call.method, _FollowParams, call.params)
+                assert isinstance(params, _FollowParams)
+                result = {"following": self._start_follow(client, params)}
+        except RpcError as error:
+            self._reply_error(client, call, error)
+            return
+        except TaskmuxError as exc:
+            self._reply_error(client, call, rpc_error_for(exc))
+            return
+        if not call.notification:
+            client.push({"jsonrpc": "2.0", "id": call.id, "result": result})
+
+    def _start_follow(self, client: _Client, params: _FollowParams) -> list[str]:
+        """Follow the named tasks' logs on this connection (replacing its earlier follow)."""
+        project = self.slot.get()
+        known = list(project.config.tasks)
+        names = known if params.tasks is None else list(dict.fromkeys(params.tasks))
+        for name in names:
+            if name not in project.config.tasks:
+                raise UnknownTask(name, known)
+        if self.follow_threads.borrowed_tokens >= MAX_FOLLOWS and client.follow_stop is None:
+            raise RpcError(BUSY, f"too many log follows at once (at most {MAX_FOLLOWS})")
+        client.stop_following()
+        stop = threading.Event()
+        client.follow_stop = stop
+        assert self.group is not None
+        self.group.start_soon(self._stream_logs, client, project, names, params.lines, stop)
+        return names
+
+    async def _stream_logs(
+        self, client: _Client, project: Project, names: list[str], lines: int, stop: threading.Event
+    ) -> None:
+        """Push a follow's lines to its client until stopped (reading in a thread of its own)."""
+        redactor = project.redactor()
+
+        def relay() -> None:
+            for line in project.logs.follow(names, lines=lines, stop=stop.is_set):
+                message = {
+                    "jsonrpc": "2.0",
+                    "method": "log",
+                    "params": {
+                        "task": line.task,
+                        "time": line.time.isoformat() if line.time else None,
+                        "text": redactor.text(line.text),
+                    },
+                }
+                anyio.from_thread.run_sync(client.push, message)
+                if stop.is_set() or client.closed:
+                    return
+
+        try:
+            await anyio.to_thread.run_sync(
+                relay, abandon_on_cancel=True, limiter=self.follow_threads
+            )
+        except Exception:
+            log.exception("following logs of %s failed", ", ".join(names))
+        finally:
+            stop.set()
+
     async def _run(self, client: _Client, call: RpcRequest) -> None:
         try:
             result = await self.execute(client, call)
@@ -630,199 +635,6 @@ class Bridge:
                     log.exception("could not forward an event")
 
 
-# ------------------------------------------------------------------ bridge.json
-
-
-class BridgeInfo(BaseModel):
-    """What bridge.json holds: where the bridge listens and the token it requires."""
-
-    url: str
-    host: str
-    port: int
-    token: str
-    pid: int
-    started: float
-
-
-def _client_url(host: str, port: int) -> str:
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"ws://{host}:{port}"
-
-
-def read_bridge_info(path: Path) -> BridgeInfo | None:
-    """The bridge.json at path, or None when absent or unreadable."""
-    try:
-        return BridgeInfo.model_validate_json(path.read_bytes())
-    except (OSError, ValidationError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _listening(info: BridgeInfo) -> bool:
-    host = urlsplit(info.url).hostname or "127.0.0.1"
-    try:
-        with socket.create_connection((host, info.port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _refuse_second_bridge(path: Path) -> None:
-    info = read_bridge_info(path)
-    if info is None or info.pid == os.getpid() or not _pid_alive(info.pid):
-        return
-    if _listening(info):
-        raise InvalidArgument(
-            f"a bridge is already running for this project (pid {info.pid}, {info.url}); "
-            "stop it first, or use it"
-        )
-
-
-def _remove_if_ours(path: Path, token: str) -> None:
-    info = read_bridge_info(path)
-    if info is not None and hmac.compare_digest(info.token, token):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-# ------------------------------------------------------------------ server
-
-
-async def run_bridge(
-    slot: ProjectSlot,
-    *,
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    allow_remote: bool = False,
-    ready: Callable[[int], None] | None = None,
-) -> None:
-    """Serve the project's tools over WebSocket and run its monitor until cancelled."""
-    bind = _bind_host(host, allow_remote)
-    if not 0 <= port <= 65535:
-        raise InvalidArgument(f"port must be between 0 and 65535 (got {port})")
-    project = slot.get()
-    paths = project.paths
-    _refuse_second_bridge(paths.bridge)
-    if not is_loopback(bind):
-        log.warning(
-            "the bridge listens on %s, reachable from other machines: anyone holding the "
-            "token controls this project's tasks, and it travels unencrypted (no TLS)",
-            bind,
-        )
-    token = secrets.token_urlsafe(32)
-    bridge = Bridge(slot, token)
-    server = await serve(
-        bridge.handler,
-        bind,
-        port,
-        process_request=bridge.process_request,
-        max_size=MAX_FRAME,
-        close_timeout=CLOSE_TIMEOUT,
-        compression=None,
-        server_header=None,
-    )
-    try:
-        bound = server.sockets[0].getsockname()[1]
-        info = BridgeInfo(
-            url=_client_url(bind, bound),
-            host=bind,
-            port=bound,
-            token=token,
-            pid=os.getpid(),
-            started=time.time(),
-        )
-        async with anyio.create_task_group() as group:
-            bridge.group = group
-            write_atomic(paths.bridge, info.model_dump_json(indent=2).encode(), 0o600)
-            group.start_soon(_keep_monitor, project)
-            group.start_soon(bridge.pump, project)
-            if ready is not None:
-                ready(bound)
-            try:
-                await anyio.sleep_forever()
-            finally:
-                _remove_if_ours(paths.bridge, token)
-                with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_TIMEOUT):
-                    await _shutdown(server)
-    finally:
-        _remove_if_ours(paths.bridge, token)
-        server.close()
-
-
-async def _keep_monitor(project: Project) -> None:
-    """Run the project's monitor; should it fail, log why and run a fresh one."""
-    while True:
-        try:
-            await Monitor(project, host="bridge").run()
-            return
-        except Exception:
-            log.exception("the monitor failed; starting it again in %.0f s", MONITOR_RETRY_S)
-        await anyio.sleep(MONITOR_RETRY_S)
-
-
-async def _shutdown(server: Server) -> None:
-    server.close()
-    await server.wait_closed()
-
-
-def serve_bridge(
-    slot: ProjectSlot,
-    *,
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    allow_remote: bool = False,
-) -> int:
-    """Run the bridge until SIGINT/SIGTERM (the `taskmux bridge` command); exit status."""
-
-    def announce(bound: int) -> None:
-        current = slot.current
-        where = current.paths.bridge if current is not None else "bridge.json"
-        print(
-            f"taskmux bridge: listening on {_client_url(_bind_host(host, allow_remote), bound)} "
-            f"(token in {where}); Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    async def main() -> None:
-        with anyio.CancelScope() as scope:
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, scope.cancel)
-            await run_bridge(slot, host=host, port=port, allow_remote=allow_remote, ready=announce)
-
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="taskmux bridge: %(message)s")
-    try:
-        anyio.run(main)
-    except TaskmuxError as exc:
-        print(f"taskmux bridge: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(
-            f"taskmux bridge: cannot listen on {host}:{port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
 # ------------------------------------------------------------------ client
 
 
@@ -835,19 +647,21 @@ def bridge_call(
 ) -> dict[str, Any]:
     """Call one method on the project's running bridge; its result, or BridgeCallError."""
     if isinstance(paths_or_state_file, ProjectPaths):
-        path = paths_or_state_file.bridge
+        path = paths_or_state_file.server
     elif paths_or_state_file.is_dir():
-        path = paths_or_state_file / "bridge.json"
+        path = paths_or_state_file / "server.json"
     else:
         path = paths_or_state_file
-    info = read_bridge_info(path)
-    if info is None:
-        raise BridgeNotRunning(f"no bridge is running for this project (no {path})")
+    info = read_server_info(path)
+    if info is None or info.pid == 0:
+        raise BridgeNotRunning(
+            f"no server is running for this project (no {path}); start one with `taskmux serve`"
+        )
     request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}}
     deadline = time.monotonic() + timeout
     try:
         with connect(
-            info.url,
+            info.ws_url,
             additional_headers={"Authorization": f"Bearer {info.token}"},
             open_timeout=min(timeout, 10),
             max_size=None,
@@ -863,12 +677,13 @@ def bridge_call(
     except InvalidStatus as exc:
         status = exc.response.status_code
         raise BridgeNotRunning(
-            f"the bridge at {info.url} refused the connection (HTTP {status}); {path} may be stale"
+            f"the server at {info.ws_url} refused the connection (HTTP {status}); "
+            f"{path} may be stale"
         ) from None
     except (OSError, InvalidHandshake) as exc:
         raise BridgeNotRunning(
-            f"no bridge answers at {info.url} ({_short(exc)}); {path} may be stale — "
-            "start one with `taskmux bridge`"
+            f"no server answers at {info.ws_url} ({_short(exc)}); {path} may be stale — "
+            "start one with `taskmux serve`"
         ) from None
     except ConnectionClosed as exc:
         raise BridgeNotRunning(f"the bridge closed the connection ({_short(exc)})") from None

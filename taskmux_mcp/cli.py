@@ -616,12 +616,16 @@ def _slot(args: argparse.Namespace, host: str) -> ProjectSlot:
     return ProjectSlot(lambda: open_project(args, Cause.USER, host=host))
 
 
-def cmd_bridge(args: argparse.Namespace) -> int:
-    """bridge [--host H] [--port P] [--allow-remote]: the WebSocket JSON-RPC bridge."""
-    from .bridge import serve_bridge
+def cmd_serve(args: argparse.Namespace) -> int:
+    """serve [--host H] [--port P] [--allow-remote]: MCP over HTTP, the bridge, the dashboard."""
+    from .serve import serve_main
 
-    return serve_bridge(
-        _slot(args, "bridge"), host=args.host, port=args.port, allow_remote=args.allow_remote
+    return serve_main(
+        _slot(args, "serve"),
+        host=args.host,
+        port=args.port,
+        allow_remote=args.allow_remote,
+        name=args.command,
     )
 
 
@@ -750,12 +754,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "0.3's name)", aliases=("watch",))  # fmt: skip
     p.add_argument("--hosted", action="store_true", help=argparse.SUPPRESS)
     command("mcp", cmd_mcp, "run the stdio MCP server (same as taskmux-mcp)")
-    p = command("bridge", cmd_bridge, "serve the operations over a WebSocket (JSON-RPC 2.0 or "
-                "taskmux 0.3's messages) and run the monitor (`daemon`: taskmux 0.3's name)",
-                aliases=("daemon",))  # fmt: skip
+    p = command("serve", cmd_serve, "one local server for this project, running its monitor: "
+                "MCP over Streamable HTTP at /mcp, the WebSocket bridge at /ws and a live "
+                "dashboard at / (`bridge`, and taskmux 0.3's `daemon`, are the same)",
+                aliases=("bridge", "daemon"))  # fmt: skip
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; a loopback one unless --allow-remote")  # fmt: skip
-    p.add_argument("--port", type=int, default=8765, help="port to listen on; 0 picks a free one")
+    p.add_argument("--port", type=int, default=None,
+                   help="port to listen on (default: the one it used last, else 8765); 0 picks "
+                   "a free one")  # fmt: skip
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a non-loopback --host (anyone with the token gets in)")  # fmt: skip
     p = command("bridge-call", cmd_bridge_call, "call one method of the running bridge")

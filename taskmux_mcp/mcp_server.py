@@ -78,6 +78,7 @@ INVALID_PARAMS: Final = -32602
 PROJECT_RETRY_S: Final = 1.0
 MONITOR_RETRY_S: Final = 2.0
 HEARTBEAT_S: Final = 5.0
+PEER_KEY: Final = "taskmux.peer"
 SHUTDOWN_GRACE_S: Final = 5.0
 LOG_FILE_BYTES: Final = 1_000_000
 LOG_MESSAGE_CHARS: Final = 2000
@@ -113,15 +114,13 @@ def task_uri(name: str) -> str:
     return f"{TASK_PREFIX}{name}"
 
 
-@dataclass
+@dataclass(eq=False)
 class Peer:
     """One client connection: its session (2025-era clients), subscriptions and log level."""
 
-    bus: InMemorySubscriptionBus
     session: ServerSession | None = None
     subscribed: set[str] = field(default_factory=set)
     log_level: types.LoggingLevel = "debug"
-    monitor: Monitor | None = None
 
     def wants(self, level: types.LoggingLevel) -> bool:
         """Whether the client asked for messages of this level."""
@@ -133,6 +132,53 @@ class Peer:
             return
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             await self.session.send_notification(notification)
+
+
+@dataclass
+class Hub:
+    """What every connection of one server shares: the subscription bus, the monitor, and the
+    connections to tell of events (one over stdio; any number over HTTP)."""
+
+    bus: InMemorySubscriptionBus
+    peers: list[Peer] = field(default_factory=list)
+    monitor: Monitor | None = None
+
+    def peer(self, session: ServerSession) -> Peer:
+        """The connection a request came on (registered on its first request)."""
+        connection = session._connection  # the SDK's per-connection state has no public handle
+        peer = connection.state.get(PEER_KEY)
+        if not isinstance(peer, Peer):
+            peer = Peer()
+            connection.state[PEER_KEY] = peer
+            self.peers.append(peer)
+            connection.exit_stack.callback(self._forget, peer)
+        return peer
+
+    def _forget(self, peer: Peer) -> None:
+        with contextlib.suppress(ValueError):
+            self.peers.remove(peer)
+
+    async def publish(self, event: EventRecord) -> None:
+        """Turn one event into resource-updated and logging notifications for every connection."""
+        uris = affected_uris(event)
+        for uri in uris:
+            await self.bus.publish(ResourceUpdated(uri=uri))
+        described = describe(event)
+        for peer in list(self.peers):
+            for uri in uris:
+                if uri in peer.subscribed:
+                    await peer.send(
+                        types.ResourceUpdatedNotification(
+                            params=types.ResourceUpdatedNotificationParams(uri=uri)
+                        )
+                    )
+            if described is not None:
+                await tell(peer, *described, event=event.type, task=event.task)
+
+    async def tell_all(self, level: types.LoggingLevel, message: str, *, event: str) -> None:
+        """A logging notification to every connection that wants that level."""
+        for peer in list(self.peers):
+            await tell(peer, level, message, event=event)
 
 
 def describe(event: EventRecord) -> tuple[types.LoggingLevel, str] | None:
@@ -185,21 +231,6 @@ def affected_uris(event: EventRecord) -> list[str]:
     return uris
 
 
-async def publish(peer: Peer, event: EventRecord) -> None:
-    """Turn one event into resource-updated and logging notifications for a connection."""
-    for uri in affected_uris(event):
-        await peer.bus.publish(ResourceUpdated(uri=uri))
-        if uri in peer.subscribed:
-            await peer.send(
-                types.ResourceUpdatedNotification(
-                    params=types.ResourceUpdatedNotificationParams(uri=uri)
-                )
-            )
-    described = describe(event)
-    if described is not None:
-        await tell(peer, *described, event=event.type, task=event.task)
-
-
 async def tell(
     peer: Peer, level: types.LoggingLevel, message: str, *, event: str, task: str | None = None
 ) -> None:
@@ -222,8 +253,8 @@ def explained(error: TaskmuxError, slot: ProjectSlot) -> str:
     return str(error)
 
 
-async def wait_for_project(slot: ProjectSlot, peer: Peer) -> Project:
-    """The project, once taskmux.toml is found and usable; until then the connection is told
+async def wait_for_project(slot: ProjectSlot, hub: Hub) -> Project:
+    """The project, once taskmux.toml is found and usable; until then the connections are told
     what is wrong each time that changes."""
     reported: str | None = None
     while True:
@@ -235,7 +266,7 @@ async def wait_for_project(slot: ProjectSlot, peer: Peer) -> Project:
             problem = f"cannot open the project: {exc}"
         if problem != reported:
             log.warning("monitor waiting for a usable taskmux.toml: %s", problem)
-            await tell(peer, "error", problem, event=EventType.CONFIG_INVALID)
+            await hub.tell_all("error", problem, event=EventType.CONFIG_INVALID)
             reported = problem
         await anyio.sleep(PROJECT_RETRY_S)
 
@@ -285,29 +316,29 @@ async def run_monitor(monitor: Monitor) -> None:
             await anyio.sleep(MONITOR_RETRY_S)
 
 
-async def pump(peer: Peer, project: Project) -> None:
-    """Forward every event of the project (from any process) to the connection."""
+async def pump(hub: Hub, project: Project) -> None:
+    """Forward every event of the project (from any process) to the connections."""
     while True:
         try:
             async with project.events.subscribe() as feed:
                 async for event in feed:
-                    await publish(peer, project.redactor().model(event))
+                    await hub.publish(project.redactor().model(event))
             return
         except Exception:
             log.exception("event pump failed; resuming")
             await anyio.sleep(MONITOR_RETRY_S)
 
 
-async def background(slot: ProjectSlot, peer: Peer, log_to_state: bool) -> None:
-    """The connection's background work: the monitor and the event→notification pump."""
-    project = await wait_for_project(slot, peer)
+async def background(slot: ProjectSlot, hub: Hub, log_to_state: bool, host: str) -> None:
+    """The server's background work: the monitor and the event→notification pump."""
+    project = await wait_for_project(slot, hub)
     if log_to_state:
         attach_log_file(project.paths.root)
     log.info("project %s (%s); monitor standing by", project.config.name, project.config_path)
-    peer.monitor = Monitor(project, host="mcp")
+    hub.monitor = Monitor(project, host=host)
     async with anyio.create_task_group() as group:
-        group.start_soon(run_monitor, peer.monitor)
-        group.start_soon(pump, peer, project)
+        group.start_soon(run_monitor, hub.monitor)
+        group.start_soon(pump, hub, project)
 
 
 def progress_reporter(ctx: Context[Any, Any]) -> Callable[[str], Awaitable[None]]:
@@ -553,7 +584,7 @@ def register_resources(server: MCPServer[Any], slot: ProjectSlot) -> None:
         return dumps(await read("events", {}))
 
 
-def register_protocol(server: MCPServer[Peer], slot: ProjectSlot) -> None:
+def register_protocol(server: MCPServer[Hub], slot: ProjectSlot) -> None:
     """resources/subscribe (known resources only), unsubscribe, logging/setLevel; no prompts;
     a resource that does not exist answers -32002, as the 2025-era protocol says."""
     lowlevel = server._lowlevel_server  # the SDK exposes no public handle for these methods
@@ -561,7 +592,7 @@ def register_protocol(server: MCPServer[Peer], slot: ProjectSlot) -> None:
         lowlevel._request_handlers.pop(method, None)  # taskmux has no prompts: advertise none
 
     async def subscribe(
-        ctx: ServerRequestContext[Peer, Any], params: types.SubscribeRequestParams
+        ctx: ServerRequestContext[Hub, Any], params: types.SubscribeRequestParams
     ) -> types.EmptyResult:
         uri = str(params.uri)
         project: Project | None
@@ -571,20 +602,21 @@ def register_protocol(server: MCPServer[Peer], slot: ProjectSlot) -> None:
             project = slot.current
         if not _known_uri(uri, project):
             raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri[:200]}", {"uri": uri})
-        ctx.lifespan_context.session = ctx.session
-        ctx.lifespan_context.subscribed.add(uri)
+        peer = ctx.lifespan_context.peer(ctx.session)
+        peer.session = ctx.session
+        peer.subscribed.add(uri)
         return types.EmptyResult()
 
     async def unsubscribe(
-        ctx: ServerRequestContext[Peer, Any], params: types.UnsubscribeRequestParams
+        ctx: ServerRequestContext[Hub, Any], params: types.UnsubscribeRequestParams
     ) -> types.EmptyResult:
-        ctx.lifespan_context.subscribed.discard(str(params.uri))
+        ctx.lifespan_context.peer(ctx.session).subscribed.discard(str(params.uri))
         return types.EmptyResult()
 
     async def set_level(
-        ctx: ServerRequestContext[Peer, Any], params: types.SetLevelRequestParams
+        ctx: ServerRequestContext[Hub, Any], params: types.SetLevelRequestParams
     ) -> types.EmptyResult:
-        ctx.lifespan_context.log_level = params.level
+        ctx.lifespan_context.peer(ctx.session).log_level = params.level
         return types.EmptyResult()
 
     lowlevel.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
@@ -596,10 +628,10 @@ def register_protocol(server: MCPServer[Peer], slot: ProjectSlot) -> None:
     async def remember_session(
         ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
-        peer = ctx.lifespan_context
+        hub = ctx.lifespan_context
         legacy = ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
-        if isinstance(peer, Peer) and ctx.request_id is not None and legacy:
-            peer.session = ctx.session
+        if isinstance(hub, Hub) and ctx.request_id is not None and legacy:
+            hub.peer(ctx.session).session = ctx.session
         try:
             return await call_next(ctx)
         except MCPError as exc:
@@ -616,28 +648,30 @@ def build_server(
     *,
     log_to_state: bool = False,
     on_close: Callable[[], None] | None = None,
-) -> MCPServer[Peer]:
-    """The MCP server for one project: tools, resources, notifications and the monitor."""
+    host: str = "mcp",
+) -> MCPServer[Hub]:
+    """The MCP server for one project: tools, resources, notifications and the monitor (which
+    runs while the server's lifespan does: per stdio connection, or once for all HTTP ones)."""
     bus = InMemorySubscriptionBus()
 
     @asynccontextmanager
-    async def lifespan(_: MCPServer[Peer]) -> AsyncIterator[Peer]:
-        peer = Peer(bus=bus)
+    async def lifespan(_: MCPServer[Hub]) -> AsyncIterator[Hub]:
+        hub = Hub(bus=bus)
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(background, slot, peer, log_to_state)
+                group.start_soon(background, slot, hub, log_to_state, host)
                 try:
-                    yield peer
+                    yield hub
                 finally:
-                    if peer.monitor is not None:
-                        peer.monitor.stop()
+                    if hub.monitor is not None:
+                        hub.monitor.stop()
                     group.cancel_scope.cancel()
         finally:
-            log.info("connection closed; monitor stopped, tasks keep running")
+            log.info("MCP server closed; monitor stopped, tasks keep running")
             if on_close is not None:
                 on_close()
 
-    server: MCPServer[Peer] = MCPServer(
+    server: MCPServer[Hub] = MCPServer(
         SERVER_NAME,
         title="taskmux",
         version=package_version(),
@@ -756,7 +790,7 @@ def claimed_stdio() -> Any:
             os.dup2(wire_in, 0)
 
 
-async def run_stdio(server: MCPServer[Peer]) -> None:
+async def run_stdio(server: MCPServer[Hub]) -> None:
     """Serve MCP on the process's stdin and stdout, answering garbage ourselves."""
     lowlevel = server._lowlevel_server
     with claimed_stdio() as (wire_in, wire_out):

@@ -29,9 +29,9 @@ from taskmux_mcp.bridge import (
     BridgeCallError,
     BridgeNotRunning,
     bridge_call,
-    run_bridge,
     run_bridge_call,
 )
+from taskmux_mcp.endpoint import ServerInfo, read_server_info, running_server
 from taskmux_mcp.errors import InvalidArgument
 from taskmux_mcp.events import Cause, EventType
 from taskmux_mcp.models import (
@@ -44,6 +44,7 @@ from taskmux_mcp.models import (
     StatusResult,
 )
 from taskmux_mcp.project import ProjectSlot
+from taskmux_mcp.serve import run_serve
 
 pytestmark = pytest.mark.anyio
 
@@ -67,8 +68,8 @@ class Running:
 
     @property
     def url(self) -> str:
-        """Where it listens."""
-        return f"ws://127.0.0.1:{self.port}"
+        """Where the bridge listens."""
+        return f"ws://127.0.0.1:{self.port}/ws"
 
     def auth(self) -> dict[str, str]:
         """The header a client presents."""
@@ -77,24 +78,24 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def serving(project: Workspace, **kwargs: Any) -> AsyncIterator[Running]:
-    """Run the bridge for project on a free loopback port until the block ends."""
+    """Run the server for project on a free loopback port until the block ends."""
     project.open()  # registers the project's processes for cleanup
     handle = slot_for(project, cause=Cause.USER, host="bridge")
-    ports: list[int] = []
+    infos: list[ServerInfo] = []
     ready = anyio.Event()
 
-    def on_ready(port: int) -> None:
-        ports.append(port)
+    def on_ready(info: ServerInfo) -> None:
+        infos.append(info)
         ready.set()
 
     async with anyio.create_task_group() as group:
-        group.start_soon(partial(run_bridge, handle, port=0, ready=on_ready, **kwargs))
-        with anyio.fail_after(10):
+        group.start_soon(partial(run_serve, handle, port=0, ready=on_ready, **kwargs))
+        with anyio.fail_after(20):
             await ready.wait()
         assert handle.current is not None
-        path = handle.current.paths.bridge
+        path = handle.current.paths.server
         info = json.loads(path.read_text())
-        yield Running(ports[0], info["token"], path, handle)
+        yield Running(infos[0].port, info["token"], path, handle)
         group.cancel_scope.cancel()
 
 
@@ -278,7 +279,9 @@ async def test_refusals_happen_at_the_handshake_and_execute_nothing(project: Wor
         assert project.task_pids() == []
 
 
-async def test_token_file_is_private_and_removed_on_shutdown(project: Workspace) -> None:
+async def test_token_file_is_private_and_says_when_the_server_stopped(
+    project: Workspace,
+) -> None:
     project.write(
         """
         [bridge]
@@ -287,9 +290,10 @@ async def test_token_file_is_private_and_removed_on_shutdown(project: Workspace)
         command = "sleep 60"
         """
     )
-    stale = project.open().paths.bridge
+    stale = project.open().paths.server
     gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
-    old = {"url": "ws://127.0.0.1:1", "host": "127.0.0.1", "port": 1, "token": "old"}
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    old = {"host": "127.0.0.1", "port": 1, "token": "old"}
     stale.write_text(json.dumps({**old, "pid": int(gone.stdout), "started": 0}))
     async with serving(project) as running:
         mode = stat.S_IMODE(running.info_path.stat().st_mode)
@@ -306,8 +310,15 @@ async def test_token_file_is_private_and_removed_on_shutdown(project: Workspace)
             assert json.loads(await ws.recv())["id"] == "q"
         async with client(running, origin="http://localhost:3000") as rpc:
             assert "result" in await rpc.call("status")
-        path = running.info_path
-    assert not path.exists()
+        # taskmux 0.3-era clients connect at / rather than /ws
+        root_url = running.url.removesuffix("/ws") + "/"
+        async with connect(root_url, proxy=None, additional_headers=running.auth()) as ws:
+            await ws.send(json.dumps({"command": "status"}))
+            assert json.loads(await ws.recv())["tasks"]["web"]["state"] == "stopped"
+        path, token = running.info_path, running.token
+    after = read_server_info(path)
+    assert after is not None and after.pid == 0 and after.token == token  # kept for next time
+    assert running_server(path) is None
 
 
 async def test_non_loopback_host_needs_the_flag(
@@ -322,8 +333,8 @@ async def test_non_loopback_host_needs_the_flag(
     handle = slot_for(project, cause=Cause.USER, host="bridge")
     for host in ("0.0.0.0", "192.0.2.10", "example.com", "::"):
         with pytest.raises(InvalidArgument, match="not a loopback address"):
-            await run_bridge(handle, host=host, port=0)
-    assert not handle.get().paths.bridge.exists()
+            await run_serve(handle, host=host, port=0)
+    assert not handle.get().paths.server.exists()
 
     async with (
         serving(project, host="0.0.0.0", allow_remote=True) as running,
@@ -694,12 +705,12 @@ async def test_serve_bridge_and_bridge_call_from_scripts(
     sup = project.open()
     handle = slot_for(project, cause=Cause.USER, host="cli")
     assert run_bridge_call(handle, "status", None, as_json=False) == 2
-    assert "no bridge is running" in capsys.readouterr().err
+    assert "no server is running" in capsys.readouterr().err
 
     code = (
-        "import sys; from taskmux_mcp.bridge import serve_bridge; "
+        "import sys; from taskmux_mcp.serve import serve_main; "
         "from taskmux_mcp.project import Project, ProjectSlot; "
-        "sys.exit(serve_bridge(ProjectSlot(lambda: Project.open(project=sys.argv[1], "
+        "sys.exit(serve_main(ProjectSlot(lambda: Project.open(project=sys.argv[1], "
         "socket_name=sys.argv[2], host='bridge', hosted_monitor=False)), port=0))"
     )
     proc = subprocess.Popen(
@@ -709,7 +720,9 @@ async def test_serve_bridge_and_bridge_call_from_scripts(
         text=True,
     )
     try:
-        await anyio.to_thread.run_sync(lambda: wait_until(sup.paths.bridge.exists, timeout=15))
+        await anyio.to_thread.run_sync(
+            lambda: wait_until(lambda: running_server(sup.paths.server), timeout=20)
+        )
         result = await anyio.to_thread.run_sync(bridge_call, sup.paths, "status", {})
         assert validate(StatusResult, result).tasks[0].name == "web"
 
@@ -718,7 +731,7 @@ async def test_serve_bridge_and_bridge_call_from_scripts(
         assert failed.value.code == -32001
 
         with pytest.raises(InvalidArgument, match="already running"):
-            await run_bridge(handle, port=0)
+            await run_serve(handle, port=0)
 
         codes = [
             await anyio.to_thread.run_sync(partial(run_bridge_call, handle, *args, as_json=True))
@@ -736,7 +749,7 @@ async def test_serve_bridge_and_bridge_call_from_scripts(
         proc.send_signal(signal.SIGTERM)
         _, err = await anyio.to_thread.run_sync(partial(proc.communicate, timeout=15))
     assert proc.returncode == 0, err
-    assert "listening on ws://127.0.0.1:" in err
-    assert not sup.paths.bridge.exists()
+    assert "serving this project on http://127.0.0.1:" in err
+    assert running_server(sup.paths.server) is None
     with pytest.raises(BridgeNotRunning):
         bridge_call(sup.paths, "status", {})

@@ -16,6 +16,7 @@ import pytest
 from support import Workspace, wait_until
 
 from taskmux_mcp.cli import build_parser
+from taskmux_mcp.endpoint import running_server
 from taskmux_mcp.models import ActionResult, HealthResult, StatusResult, TaskResult, TaskState
 
 
@@ -327,8 +328,9 @@ def test_bridge_and_bridge_call_from_the_cli(project: Workspace) -> None:
         text=True,
     )
     try:
-        info = wait_until(lambda: list(project.state_dir.glob("*/bridge.json")), timeout=20)[0]
+        info = wait_until(lambda: list(project.state_dir.glob("*/server.json")), timeout=20)[0]
         assert stat.S_IMODE(info.stat().st_mode) == 0o600
+        wait_until(lambda: running_server(info), timeout=20)
         started = project.cli("bridge-call", "start", '{"tasks": ["api"]}')
         assert started.returncode == 0, started.stderr
         assert json.loads(started.stdout)["ok"] is True
@@ -341,7 +343,8 @@ def test_bridge_and_bridge_call_from_the_cli(project: Workspace) -> None:
     finally:
         bridge.send_signal(signal.SIGTERM)
         assert bridge.wait(timeout=15) == 0
-    assert not info.exists()
+    assert running_server(info) is None
+    assert project.cli("bridge-call", "status").returncode == 2
 
 
 def test_the_cli_does_not_import_the_mcp_sdk() -> None:
@@ -378,9 +381,10 @@ def test_daemon_is_the_bridge_and_answers_a_taskmux_03_script(project: Workspace
     project.write('[tasks.api]\ncommand = "sleep 1000"\n')
     daemon = _taskmux(project, "daemon", "--port", "0", "--host", "localhost")
     try:
-        info_path = wait_until(lambda: list(project.state_dir.glob("*/bridge.json")), timeout=20)
-        info = json.loads(info_path[0].read_text())
-        with connect(f"{info['url']}/?token={info['token']}", proxy=None) as ws:
+        info_path = wait_until(lambda: list(project.state_dir.glob("*/server.json")), timeout=20)
+        info = wait_until(lambda: running_server(info_path[0]), timeout=20)
+        assert info.host == "127.0.0.1"
+        with connect(f"ws://127.0.0.1:{info.port}/?token={info.token}", proxy=None) as ws:
             ws.send(json.dumps({"command": "start", "params": {"task": "api"}}))
             started = json.loads(ws.recv(timeout=30))
             ws.send(json.dumps({"command": "status"}))
@@ -388,13 +392,13 @@ def test_daemon_is_the_bridge_and_answers_a_taskmux_03_script(project: Workspace
         assert started["success"] is True and started["message"] == "api: started, running"
         assert status["tasks"]["api"]["running"] is True and status["session_exists"] is True
         shown = StatusResult.model_validate_json(project.cli("--json", "status").stdout)
-        assert shown.monitor.acting and shown.monitor.host == "bridge"
+        assert shown.monitor.acting and shown.monitor.host == "serve"
         assert shown.monitor.pid == daemon.pid
     finally:
         daemon.send_signal(signal.SIGINT)
         _, err = daemon.communicate(timeout=15)
     assert daemon.returncode == 0, err
-    assert "listening on ws://127.0.0.1:" in err and "Traceback" not in err
+    assert "serving this project on http://127.0.0.1:" in err and "Traceback" not in err
 
 
 def test_watch_is_the_monitor_and_reloads_taskmux_toml(project: Workspace) -> None:

@@ -54,8 +54,8 @@ from support import Workspace, slot_for, wait_until
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from taskmux_mcp.bridge import run_bridge
 from taskmux_mcp.budget import REPLY_BUDGET
+from taskmux_mcp.endpoint import ServerInfo
 from taskmux_mcp.events import Cause
 from taskmux_mcp.mcp_server import build_server
 from taskmux_mcp.operations import (
@@ -68,6 +68,7 @@ from taskmux_mcp.operations import (
     Param,
 )
 from taskmux_mcp.project import MONITOR_WINDOW
+from taskmux_mcp.serve import run_serve
 from taskmux_mcp.terminal import LINE_CHARS
 
 ENTRY = Path(sys.executable).with_name("taskmux-mcp")
@@ -178,21 +179,20 @@ class BridgeClient:
 async def bridge(project: Workspace) -> AsyncIterator[BridgeClient]:
     """The project's bridge on a free loopback port, and one client connected to it."""
     slot = slot_for(project, cause=Cause.USER, host="bridge")
-    ports: list[int] = []
+    infos: list[ServerInfo] = []
     ready = anyio.Event()
 
-    def on_ready(port: int) -> None:
-        ports.append(port)
+    def on_ready(info: ServerInfo) -> None:
+        infos.append(info)
         ready.set()
 
     async with anyio.create_task_group() as group:
-        group.start_soon(partial(run_bridge, slot, port=0, ready=on_ready))
-        with anyio.fail_after(10):
+        group.start_soon(partial(run_serve, slot, port=0, ready=on_ready))
+        with anyio.fail_after(20):
             await ready.wait()
-        assert slot.current is not None
-        token = json.loads(slot.current.paths.bridge.read_text())["token"]
+        token = infos[0].token
         async with ws_connect(
-            f"ws://127.0.0.1:{ports[0]}",
+            infos[0].ws_url,
             additional_headers={"Authorization": f"Bearer {token}"},
             compression=None,
             proxy=None,
