@@ -759,7 +759,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "dashboard at / (`bridge`, and taskmux 0.3's `daemon`, are the same)",
                 aliases=("bridge", "daemon"))  # fmt: skip
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on; a loopback one unless --allow-remote")  # fmt: skip
+                   help="address to listen on; a loopback one unless --allow-remote "
+                   "(default: %(default)s)")  # fmt: skip
     p.add_argument("--port", type=int, default=None,
                    help="port to listen on (default: the one it used last, else 8765); 0 picks "
                    "a free one")  # fmt: skip

@@ -61,6 +61,7 @@ log = logging.getLogger("taskmux.serve")
 SHUTDOWN_TIMEOUT_S = 3
 FIRST_WAIT_S = 5.0  # how long a second `serve` waits for the first one to say where it is
 PING_S = 20.0
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 EVENTS_PER_STREAM = 500  # kept per event stream for clients that resume it
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -150,7 +151,9 @@ class Guard:
         if len(values) > 1:
             return False
         origin = values[0].strip().rstrip("/").lower()
-        if origin == f"http://{host.strip().lower()}":
+        names = (*LOOPBACK_NAMES, url_host(self.bind).lower())
+        own = {f"http://{host.strip().lower()}", *(f"http://{n}:{self.port}" for n in names)}
+        if origin in own:
             return True
         return origin in {a.strip().rstrip("/").lower() for a in self.allowed_origins()}
 

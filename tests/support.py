@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from typing import TypeVar
 import anyio
 import psutil
 
+from taskmux_mcp.endpoint import ServerInfo, running_server
 from taskmux_mcp.events import Cause
 from taskmux_mcp.models import TaskStatus
 from taskmux_mcp.project import Project as Facade
@@ -290,3 +292,35 @@ def events_of(sup: Facade, kind: str, task: str | None = None) -> list[dict[str,
         for e in sup.events_sync([task] if task else [], limit=10_000).events
         if e.type == kind
     ]
+
+
+# ------------------------------------------------------------------ taskmux serve
+
+
+@contextlib.contextmanager
+def serving(project: Workspace, *args: str) -> Iterator[tuple[subprocess.Popen[str], ServerInfo]]:
+    """A real `taskmux serve --port 0` for the project in its own process, until the block ends
+    (then SIGTERM, and its exit status must be 0)."""
+    exe = Path(sys.executable).with_name("taskmux")
+    proc = subprocess.Popen(
+        [str(exe), "--project", str(project.root), "serve", "--port", "0", *args],
+        env=project.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    paths = project.open().paths
+    try:
+        info = wait_until(
+            lambda: proc.poll() is not None or running_server(paths.server), timeout=30
+        )
+        assert proc.poll() is None and isinstance(info, ServerInfo), (
+            proc.stderr and proc.stderr.read()
+        )
+        yield proc, info
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
