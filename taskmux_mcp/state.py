@@ -66,11 +66,6 @@ class ProjectPaths:
         return self.root / "server.json"
 
     @property
-    def bridge(self) -> Path:
-        """Where a running bridge publishes its port and token."""
-        return self.root / "bridge.json"
-
-    @property
     def monitor(self) -> Path:
         """Folder of the monitor's leases."""
         return self.root / "monitor"
