@@ -33,6 +33,7 @@ from .lifecycle import Notes, task_digest
 from .locks import FileLock
 from .models import Health
 from .policy import (
+    STABLE_AFTER_S,
     Action,
     Counters,
     Decision,
@@ -45,13 +46,13 @@ from .policy import (
 from .processes import PidWatch, describe_signal
 from .project import Project
 from .records import ExitRecord, Phase, Read, StopKind, TaskRecord, interrupted_by
-from .state import watch_file
+from .state import watch_file, watch_folder
 
 log = logging.getLogger("taskmux.monitor")
 
-POLL_S = 0.25
-SWEEP_S = 2.0
-IDLE_CHECK_POLLS = 10
+SWEEP_S = 10.0  # the safety sweep, for what nothing announces (a dead log writer, a removed log)
+BUSY_RETRY_S = 0.5  # a task someone else was acting on is looked at again this soon
+STANDBY_RETRY_S = 0.5  # a standby that saw no leader but could not lead tries again this soon
 CONFIG_DEBOUNCE_S = 0.3
 WRITER_GRACE_S = 2.0
 
@@ -72,15 +73,18 @@ class Need(StrEnum):
 class ConfigWatcher:
     """Notices changes of taskmux.toml (in place, by rename, delete + create) via watchdog."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wakeup: Callable[[], None] | None = None) -> None:
         self.path = path
         self.changed_at: float | None = None
         self._stop_watch: Callable[[], None] | None = None
         self._lock = threading.Lock()
+        self._wakeup = wakeup
 
     def _touch(self) -> None:
         with self._lock:
             self.changed_at = time.monotonic()
+        if self._wakeup is not None:
+            self._wakeup()
 
     def start(self) -> None:
         """Begin watching the config's folder."""
@@ -91,6 +95,11 @@ class ConfigWatcher:
         if self._stop_watch is not None:
             self._stop_watch()
             self._stop_watch = None
+
+    def settles_at(self) -> float | None:
+        """When a pending change will have been quiet for the debounce time (monotonic)."""
+        with self._lock:
+            return None if self.changed_at is None else self.changed_at + CONFIG_DEBOUNCE_S
 
     def settled(self) -> bool:
         """True once a change happened and the file has been quiet for the debounce time."""
@@ -134,6 +143,7 @@ class Monitor:
         self._applied: ProjectConfig = project.config
         self._invalid_config: str | None = None
         self._stop = anyio.Event()
+        self._sweep_now = True
 
     def stop(self) -> None:
         """Ask the loop to end."""
@@ -143,10 +153,16 @@ class Monitor:
 
     async def run(self) -> None:
         """Lead when possible, stand by otherwise, until stopped (or idle, when asked)."""
-        watcher = ConfigWatcher(self.project.config_path) if self.watch_config else None
+        watcher = None
+        if self.watch_config:
+            watcher = ConfigWatcher(self.project.config_path, self._pids.wake)
+        stops: list[Callable[[], None]] = []
         if watcher is not None:
             with contextlib.suppress(OSError):
                 watcher.start()
+        with contextlib.suppress(OSError, RuntimeError):  # unwatched: the safety sweep finds it
+            self.project.paths.tasks.mkdir(parents=True, exist_ok=True)
+            stops.append(watch_folder(self.project.paths.tasks, self._pids.wake))
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._until_stopped, group.cancel_scope)
@@ -156,32 +172,67 @@ class Monitor:
             self.acting = False
             if watcher is not None:
                 watcher.stop()
+            for stop in stops:
+                stop()
             self._pids.close()
             self.lease.release()
 
     async def _loop(self, group: anyio.abc.TaskGroup, watcher: ConfigWatcher | None) -> None:
-        last_sweep = 0.0
-        polls = 0
+        """Each pass does what is due, then sleeps until something happens (a task's process
+        ends, a task record or the config changes) or the next thing falls due (a lease
+        renewal, a scheduled restart, a health check, the safety sweep)."""
+        last_sweep = time.monotonic()
         while True:
-            polls += 1
             try:
                 if self._take_lead():
                     now = time.monotonic()
-                    if now - last_sweep >= SWEEP_S or self._triggered():
+                    if self._sweep_now or now - last_sweep >= SWEEP_S or self._triggered():
+                        self._sweep_now = False
                         last_sweep = now
                         if await self.step(group) and self.exit_when_idle:
                             return
                     self._schedule_checks(group)
                     if watcher is not None and watcher.settled():
                         await self.reload_config()
-                elif self.exit_when_idle and polls % IDLE_CHECK_POLLS == 0 and await self._idle():
-                    return
-                # A standby watches nothing: what it knew is the leader's business now.
-                self._pids.watch(self._known_pids.values() if self.acting else ())
+                elif self.exit_when_idle and (
+                    self._records_changed() or time.monotonic() - last_sweep >= SWEEP_S
+                ):
+                    last_sweep = time.monotonic()
+                    if await self._idle():
+                        return
+                self._pids.watch(self._watched())
             except Exception:
                 # Nothing a task, tmux or the config does may end the monitor.
                 log.exception("monitor pass failed; going on")
-            await self._pids.wait(POLL_S)  # an exit wakes it at once
+            await self._pids.wait(self._next_wake(last_sweep, watcher))
+
+    def _watched(self) -> list[int]:
+        """The pids whose end wakes the loop: the tasks' while acting, else the leader's (so a
+        standby takes over the moment it dies). A standby watches no task: what it knew is the
+        leader's business now."""
+        if self.acting:
+            return list(self._known_pids.values())
+        holder = self.lease.holder()
+        return [holder[0]] if holder is not None and holder[0] is not None else []
+
+    def _next_wake(self, last_sweep: float, watcher: ConfigWatcher | None) -> float:
+        """Seconds until the next thing falls due."""
+        clock = self.project.clock
+        now, mono = clock.now(), time.monotonic()
+        waits = [last_sweep + SWEEP_S - mono] if self.acting or self.exit_when_idle else []
+        if self.acting:
+            renew = self.lease.renew_at()
+            waits += [renew - now] if renew is not None else []
+            waits += [self._due - now] if self._due is not None else []
+            check = self._next_check_at()
+            waits += [check - clock.monotonic()] if check is not None else []
+        else:
+            holder = self.lease.holder()
+            # Past the moment the leader's lease would go stale: a frozen leader is replaced.
+            waits.append(holder[1] - now + 0.01 if holder is not None else STANDBY_RETRY_S)
+        settles = watcher.settles_at() if watcher is not None else None
+        waits += [settles - mono] if settles is not None else []
+        return max(0.0, min(waits))
 
     def _take_lead(self) -> bool:
         try:
@@ -191,6 +242,7 @@ class Monitor:
             leading = False
         if leading and not self.acting:
             self.acting = True
+            self._sweep_now = True
             self.project.events.record(
                 EventType.MONITOR_STARTED, Cause.POLICY, None, pid=os.getpid(), host=self.host
             )
@@ -313,6 +365,10 @@ class Monitor:
             healthy_since=record.healthy_since,
             now=now,
         )
+        if record.restarts and not stable:
+            since = record.healthy_since if task.has_check() else record.started_at
+            if since is not None and since + STABLE_AFTER_S > now:
+                self._expect(since + STABLE_AFTER_S)
         return Need.STABLE if stable and record.restarts else None
 
     async def _act(self, name: str, need: Need) -> None:
@@ -323,7 +379,12 @@ class Monitor:
                     name, lambda r: records.stable(r, cause=Cause.POLICY)
                 )
                 return
-            if not lock.try_acquire() or not self.lease.leading():
+            if not lock.try_acquire():
+                # Someone acts on it: look again soon (their writes wake us too, but a face
+                # killed mid-action writes nothing more).
+                self._expect(self.project.clock.now() + BUSY_RETRY_S)
+                return
+            if not self.lease.leading():
                 return
             # Under the lock, look again: whoever held it before may have changed everything.
             read = self.project.records.read(name)
@@ -340,6 +401,7 @@ class Monitor:
         finally:
             lock.release()
             self._busy.discard(name)
+            self._pids.wake()  # what it scheduled (a restart, a retry) counts for the next wait
 
     async def _handle(
         self,
@@ -579,6 +641,15 @@ class Monitor:
         for name in self._due_checks():
             group.start_soon(self._check, name)
 
+    def _next_check_at(self) -> float | None:
+        """When the next health check falls due (the clock's monotonic time)."""
+        due = [
+            self._next_check.get(name, 0.0)
+            for name, task in self.project.config.tasks.items()
+            if task.has_check() and name not in self._checking and name in self._known_pids
+        ]
+        return min(due, default=None)
+
     def _due_checks(self) -> list[str]:
         now = self.project.clock.monotonic()
         due = []
@@ -615,6 +686,7 @@ class Monitor:
             log.exception("health check of %s failed to run", name)
         finally:
             self._checking.discard(name)
+            self._pids.wake()  # its next check counts for the next wait
 
     async def _unhealthy(self, name: str, record: TaskRecord) -> None:
         task = self.project.config.task(name)

@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import anyio
 import pytest
 from support import FakeClock, Workspace, events_of, status_of, wait_until
 
+from taskmux_mcp.lease import LEASE_TTL_S, RENEW_S
 from taskmux_mcp.models import Health, TaskState
-from taskmux_mcp.monitor import Monitor
+from taskmux_mcp.monitor import SWEEP_S, Monitor
 from taskmux_mcp.project import Project as Facade
 from taskmux_mcp.records import Phase
 
@@ -411,3 +413,55 @@ def test_a_missing_cwd_backs_off_without_spawning(
     assert "does not exist" in str(events_of(facade, "gave_up", "app")[0]["reason"])
     pane = facade.backend.snapshot_sync().panes["app"]
     assert pane.run == 1, "a spawn was attempted without its cwd"
+
+
+def test_the_loop_sleeps_until_the_next_thing_falls_due(
+    project: Workspace, fresh: object, clock: FakeClock
+) -> None:
+    project.write(
+        """
+        [tasks.crash]
+        command = "sleep 0.1; exit 1"
+        restart_backoff = 2.0
+        """
+    )
+    facade, monitor = fresh()  # type: ignore[operator]
+    monitor.acting = True
+    swept = time.monotonic()
+    assert monitor._next_wake(swept, None) == pytest.approx(RENEW_S, abs=0.05)  # renewal only
+    anyio.run(lambda: facade.start(wait=False))
+    crash_and_step(facade, monitor, "crash")  # restart due in 1 s
+    clock.advance(0.7)
+    assert monitor.lease.leading()  # not yet renewed: due 1 s after the claim
+    assert monitor._next_wake(swept, None) == pytest.approx(0.3, abs=0.05)
+    clock.advance(0.31)
+    assert monitor.lease.leading()  # renewed now: the restart is the next thing due
+    assert monitor._next_wake(swept, None) == pytest.approx(0.0, abs=0.05)
+    assert monitor._next_wake(swept - SWEEP_S, None) == 0.0  # the safety sweep is due
+
+
+def test_a_standby_sleeps_until_the_leaders_lease_would_go_stale(
+    project: Workspace, clock: FakeClock
+) -> None:
+    project.write(
+        """
+        [tasks.idle]
+        command = "sleep 1000"
+        """
+    )
+    facade = project.open(clock=clock)
+    leader = Monitor(facade, host="first", watch_config=False)
+    standby = Monitor(facade, host="second", watch_config=False)
+    try:
+        assert leader.lease.try_lead() and not standby.lease.try_lead()
+        assert standby._watched() == [os.getpid()]  # the leader's pid: its end wakes the standby
+        clock.advance(1.0)
+        assert standby._next_wake(time.monotonic(), None) == pytest.approx(2.0, abs=0.05)
+        assert leader.lease.leading()  # renews
+        assert not standby.lease.try_lead()
+        assert standby._next_wake(time.monotonic(), None) == pytest.approx(LEASE_TTL_S, abs=0.05)
+        clock.advance(LEASE_TTL_S + 0.02)  # the leader froze: the standby's wake finds it stale
+        assert standby.lease.try_lead()
+    finally:
+        leader.lease.release()
+        standby.lease.release()
