@@ -24,7 +24,7 @@ import anyio
 import anyio.abc
 
 from . import lifecycle, readiness, records
-from .backend import Pane
+from .backend import Pane, Snapshot
 from .config import ProjectConfig, TaskConfig
 from .errors import StateWriteError, TaskBusy, TaskmuxError
 from .events import Cause, EventType
@@ -52,7 +52,9 @@ log = logging.getLogger("taskmux.monitor")
 
 SWEEP_S = 10.0  # the safety sweep, for what nothing announces (a dead log writer, a removed log)
 BUSY_RETRY_S = 0.5  # a task someone else was acting on is looked at again this soon
+RESTART_LEAD_S = 0.1  # a restart takes its lock and scans this early; its process starts on time
 STANDBY_RETRY_S = 0.5  # a standby that saw no leader but could not lead tries again this soon
+STARTING_CHECK_S = 1.0  # a starting task's checks come at least this often
 CONFIG_DEBOUNCE_S = 0.3
 WRITER_GRACE_S = 2.0
 
@@ -328,10 +330,10 @@ class Monitor:
         if record.phase in (Phase.LAUNCHING, Phase.STOPPING):
             return Need.SETTLE
         if record.phase is Phase.BACKOFF:
-            if record.restart_at is not None and now >= record.restart_at:
+            if record.restart_at is not None and now >= record.restart_at - RESTART_LEAD_S:
                 return Need.RESTART
             if record.restart_at is not None:
-                self._expect(record.restart_at)
+                self._expect(record.restart_at - RESTART_LEAD_S)
             return None
         if pane is not None and not pane.dead:
             return self._need_alive(name, task, record, pane, now)
@@ -388,10 +390,14 @@ class Monitor:
                 return
             # Under the lock, look again: whoever held it before may have changed everything.
             read = self.project.records.read(name)
-            pane = (await self.project.backend.snapshot()).panes.get(name)
+            snap = await self.project.backend.snapshot()
+            pane = snap.panes.get(name)
             task = self.project.config.task(name)
             now = self.project.clock.now()
             if self._need(name, task, read, pane, now) is not need:
+                return
+            if need is Need.RESTART:
+                await self._restart(name, task, lock, not_before=read.record.restart_at, seen=snap)
                 return
             await self._handle(name, need, task, read.record, pane, lock)
         except (TaskmuxError, OSError) as exc:
@@ -416,8 +422,6 @@ class Monitor:
             await self._repair(name, pane)
         elif need in (Need.ENDED, Need.VANISHED):
             await self._ended(name, task, record, pane, lock)
-        elif need is Need.RESTART:
-            await self._restart(name, task, lock)
         elif need is Need.SETTLE:
             await self._settle(name, task, record, pane, lock)
         elif need is Need.ADOPT and pane is not None:
@@ -431,6 +435,9 @@ class Monitor:
         self, name: str, task: TaskConfig, record: TaskRecord, pane: Pane | None, lock: FileLock
     ) -> None:
         project = self.project
+        # A delay counts from when the end was seen (the kernel's notice), not from this pass.
+        ago = self._pids.ended_ago(pane.pid) if pane is not None and pane.pid else 0.0
+        now = project.clock.now() - min(ago, 1.0)
         self._handled[name] = record.run  # never twice, even when the record cannot be saved
         if pane is not None and pane.stop_mark == StopKind.MANUAL.value:
             await self._finish_unsaved_stop(name, pane)
@@ -464,10 +471,7 @@ class Monitor:
                 run=record.run,
             )
         decision = decide(task, _counters(record), observation)
-        exit = ExitRecord(
-            code=observation.exit_code, signal=observation.exit_signal, at=project.clock.now()
-        )
-        now = project.clock.now()
+        exit = ExitRecord(code=observation.exit_code, signal=observation.exit_signal, at=now)
         try:
             await project.records.change(
                 name,
@@ -481,7 +485,7 @@ class Monitor:
         if decision.action is Action.RESTART and decision.delay_s <= 0:
             await self._restart(name, task, lock)
         elif decision.action is Action.RESTART:
-            self._expect(now + decision.delay_s)
+            self._expect(now + decision.delay_s - RESTART_LEAD_S)
 
     async def _finish_unsaved_stop(self, name: str, pane: Pane, who: Cause = Cause.USER) -> None:
         """A manual stop whose record could not be saved (full or read-only state folder), or
@@ -513,7 +517,15 @@ class Monitor:
                 EventType.GAVE_UP, Cause.POLICY, name, reason=decision.reason
             )
 
-    async def _restart(self, name: str, task: TaskConfig, lock: FileLock) -> None:
+    async def _restart(
+        self,
+        name: str,
+        task: TaskConfig,
+        lock: FileLock,
+        *,
+        not_before: float | None = None,
+        seen: Snapshot | None = None,
+    ) -> None:
         decided: list[Decision] = []
 
         def on_failure(record: TaskRecord) -> Decision:
@@ -522,8 +534,9 @@ class Monitor:
 
         try:
             pane = await lifecycle.launch(
-                self.project, name, Cause.POLICY, lock=lock, automatic=True, on_failure=on_failure
-            )
+                self.project, name, Cause.POLICY, lock=lock, automatic=True,
+                on_failure=on_failure, not_before=not_before, seen=seen,
+            )  # fmt: skip
         except TaskmuxError as exc:
             if decided:
                 error = str(exc)
@@ -531,7 +544,7 @@ class Monitor:
                 self._announce(name, Decision(decision.action, f"{error}; {decision.reason}",
                                               decision.delay_s))  # fmt: skip
                 if decision.action is Action.RESTART:
-                    self._expect(self.project.clock.now() + decision.delay_s)
+                    self._expect(self.project.clock.now() + decision.delay_s - RESTART_LEAD_S)
             return
         if pane.pid:
             self._known_pids[name] = pane.pid
@@ -650,6 +663,18 @@ class Monitor:
         ]
         return min(due, default=None)
 
+    def _check_interval(self, name: str, task: TaskConfig) -> float:
+        """A task's health interval; while it starts (not yet healthy, within its start
+        period) at most STARTING_CHECK_S, so that it is seen healthy soon after it is."""
+        record = self.project.records.get(name)
+        started = record.started_at
+        starting = started is not None and (
+            self.project.clock.now() - started < task.health_start_period
+        )
+        if starting and record.health is not Health.HEALTHY:
+            return min(task.health_interval, STARTING_CHECK_S)
+        return task.health_interval
+
     def _due_checks(self) -> list[str]:
         now = self.project.clock.monotonic()
         due = []
@@ -658,7 +683,7 @@ class Monitor:
                 continue
             if now < self._next_check.get(name, 0.0):
                 continue
-            self._next_check[name] = now + task.health_interval
+            self._next_check[name] = now + self._check_interval(name, task)
             self._checking.add(name)
             due.append(name)
         return due
@@ -678,6 +703,9 @@ class Monitor:
             before = record.health
             await readiness.check(self.project, name, record, cause=Cause.HEALTH)
             after = self.project.records.get(name)
+            if after.health is Health.HEALTHY and before is not Health.HEALTHY:
+                interval = self.project.config.task(name).health_interval  # started: its pace
+                self._next_check[name] = self.project.clock.monotonic() + interval
             if after.health is Health.UNHEALTHY and before is not Health.UNHEALTHY:
                 await self._unhealthy(name, after)
         except (TaskBusy, StateWriteError) as exc:
@@ -713,7 +741,7 @@ class Monitor:
                 failed=None if restart else decision.reason,
             )
             if restart:
-                self._expect(now + decision.delay_s)
+                self._expect(now + decision.delay_s - RESTART_LEAD_S)
         finally:
             lock.release()
 

@@ -581,6 +581,7 @@ class PidWatch:
         self._fds: dict[int, int] = {}  # pid -> pidfd
         self._polled: set[int] = set()  # pids watched without a pidfd
         self._ended: dict[int, int] = {}  # pid -> times it was news
+        self._ended_at: dict[int, float] = {}  # pid -> when its end was seen (monotonic)
         self._news = False
 
     def _epoll(self) -> select.epoll | None:
@@ -608,6 +609,7 @@ class PidWatch:
         wanted = set(pids)
         self._collect()
         self._ended = {pid: n for pid, n in self._ended.items() if pid in wanted}
+        self._ended_at = {pid: t for pid, t in self._ended_at.items() if pid in wanted}
         self._polled &= wanted
         for pid in [p for p in self._fds if p not in wanted]:
             self._forget(pid)
@@ -654,11 +656,18 @@ class PidWatch:
                 continue
             self._forget(by_fd[fd])
             self._ended[by_fd[fd]] = 1
+            self._ended_at[by_fd[fd]] = time.monotonic()
             self._news = True
         for pid in [p for p in self._polled if not is_running(p)]:
             self._polled.discard(pid)
             self._ended[pid] = 1
+            self._ended_at[pid] = time.monotonic()
             self._news = True
+
+    def ended_ago(self, pid: int) -> float:
+        """Seconds since the watch saw that pid end (0 when it did not)."""
+        seen = self._ended_at.get(pid)
+        return 0.0 if seen is None else max(0.0, time.monotonic() - seen)
 
     def ended(self) -> bool:
         """Whether a watched process ended since the last call (does not wait)."""

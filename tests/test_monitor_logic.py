@@ -15,7 +15,7 @@ from support import FakeClock, Workspace, events_of, status_of, wait_until
 
 from taskmux_mcp.lease import LEASE_TTL_S, RENEW_S
 from taskmux_mcp.models import Health, TaskState
-from taskmux_mcp.monitor import SWEEP_S, Monitor
+from taskmux_mcp.monitor import RESTART_LEAD_S, STARTING_CHECK_S, SWEEP_S, Monitor
 from taskmux_mcp.project import Project as Facade
 from taskmux_mcp.records import Phase
 
@@ -93,12 +93,16 @@ def test_backoff_schedules_each_restart_at_its_time_then_gives_up(
         record = facade.records.get("crash")
         assert record.phase is Phase.BACKOFF and record.run == attempt
         assert status_of(facade, "crash").state is TaskState.RESTARTING
-        tick(clock, monitor, delay - 0.01)
+        restart_at = record.restart_at
+        assert restart_at is not None
+        tick(clock, monitor, delay - RESTART_LEAD_S - 0.01)
         step(monitor)
         assert facade.records.get("crash").run == attempt, "restarted before its delay"
-        tick(clock, monitor, 0.02)
+        tick(clock, monitor, 0.02)  # its lead: locked and prepared, spawned at its time
         step(monitor)
-        assert facade.records.get("crash").run == attempt + 1
+        record = facade.records.get("crash")
+        assert record.run == attempt + 1
+        assert clock.now() >= restart_at and (record.started_at or 0) >= restart_at
     crash_and_step(facade, monitor, "crash")
     record = facade.records.get("crash")
     assert record.phase is Phase.FAILED and "max_restarts = 3" in (record.failed or "")
@@ -433,7 +437,7 @@ def test_the_loop_sleeps_until_the_next_thing_falls_due(
     crash_and_step(facade, monitor, "crash")  # restart due in 1 s
     clock.advance(0.7)
     assert monitor.lease.leading()  # not yet renewed: due 1 s after the claim
-    assert monitor._next_wake(swept, None) == pytest.approx(0.3, abs=0.05)
+    assert monitor._next_wake(swept, None) == pytest.approx(0.3 - RESTART_LEAD_S, abs=0.05)
     clock.advance(0.31)
     assert monitor.lease.leading()  # renewed now: the restart is the next thing due
     assert monitor._next_wake(swept, None) == pytest.approx(0.0, abs=0.05)
@@ -465,3 +469,38 @@ def test_a_standby_sleeps_until_the_leaders_lease_would_go_stale(
     finally:
         leader.lease.release()
         standby.lease.release()
+
+
+def test_a_starting_tasks_checks_come_every_second_until_it_is_healthy(
+    project: Workspace, fresh: object, clock: FakeClock
+) -> None:
+    flag = project.root / "ready"
+    project.write(
+        f"""
+        [tasks.api]
+        command = "sleep 100000"
+        health_check = "test -e {flag}"
+        health_interval = 10
+        health_start_period = 30
+        """
+    )
+    facade, monitor = fresh()  # type: ignore[operator]
+    anyio.run(lambda: facade.start(wait=False))
+    step(monitor)  # learns the pid
+    anyio.run(monitor.check_due)  # t = 0: the first check, at once
+    for expected in (2, 3):  # still starting: one check a second, not one per 10 s
+        tick(clock, monitor, STARTING_CHECK_S)
+        anyio.run(monitor.check_due)
+        assert len(facade.records.get("api").checks) == expected
+    flag.touch()
+    tick(clock, monitor, STARTING_CHECK_S)
+    anyio.run(monitor.check_due)
+    assert facade.records.get("api").health is Health.HEALTHY
+    checks = len(facade.records.get("api").checks)
+    for _ in range(5):  # healthy: back to its interval
+        tick(clock, monitor, 1.5)
+        anyio.run(monitor.check_due)
+    assert len(facade.records.get("api").checks) == checks
+    tick(clock, monitor, 3)
+    anyio.run(monitor.check_due)
+    assert len(facade.records.get("api").checks) == checks + 1

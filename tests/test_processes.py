@@ -494,6 +494,7 @@ def test_pid_watch_wakes_on_an_exit_from_the_kernel() -> None:
             return time.monotonic() - began
 
         assert anyio.run(kill_then_wait) < 1.0
+        assert 0 < watch.ended_ago(pids[1]) < 10 and watch.ended_ago(pids[0]) == 0
         assert watch.ended() and not watch.ended()  # news once
         watch.watch(pids)  # still listed (tmux has not said so yet): news again, soon
         assert watch.ended()
