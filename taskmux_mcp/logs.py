@@ -1000,6 +1000,15 @@ class LogStore:
             before = page.cursor
         return kept[-n:] if n > 0 else []
 
+    def writer_pid(self, task: str, run: int) -> int | None:
+        """The pid of the log writer that last took run `run`'s log (None when another run's
+        or none did); read from its lock file, without testing the lock."""
+        try:
+            pid, written = (Path(str(self.path(task)) + ".lock")).read_bytes()[:64].split()
+            return int(pid) if int(written) == run and int(pid) > 1 else None
+        except (OSError, ValueError):
+            return None
+
     def _writer(self, task: str) -> tuple[bool | None, int, int]:
         """Whether the log's writer lock is held, and the pid and run its last holder wrote."""
         lock = Path(str(self.path(task)) + ".lock")

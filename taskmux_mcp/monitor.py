@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
 
@@ -50,7 +50,7 @@ from .state import watch_file, watch_folder
 
 log = logging.getLogger("taskmux.monitor")
 
-SWEEP_S = 10.0  # the safety sweep, for what nothing announces (a dead log writer, a removed log)
+SWEEP_S = 30.0  # the safety sweep, for what announces itself to no one (tmux's odd states)
 BUSY_RETRY_S = 0.5  # a task someone else was acting on is looked at again this soon
 RESTART_LEAD_S = 0.1  # a restart takes its lock and scans this early; its process starts on time
 STANDBY_RETRY_S = 0.5  # a standby that saw no leader but could not lead tries again this soon
@@ -146,6 +146,8 @@ class Monitor:
         self._invalid_config: str | None = None
         self._stop = anyio.Event()
         self._sweep_now = True
+        self._writers: dict[str, int] = {}  # task -> pid of its run's log writer
+        self._replaced: set[int] = set()  # writers whose death was already dealt with
 
     def stop(self) -> None:
         """Ask the loop to end."""
@@ -165,6 +167,10 @@ class Monitor:
         with contextlib.suppress(OSError, RuntimeError):  # unwatched: the safety sweep finds it
             self.project.paths.tasks.mkdir(parents=True, exist_ok=True)
             stops.append(watch_folder(self.project.paths.tasks, self._pids.wake))
+            # A removed log folder: every running task needs a new writer.
+            stops.append(
+                watch_folder(self.project.paths.root, self._sweep_soon, name="logs", removals=True)
+            )
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._until_stopped, group.cancel_scope)
@@ -208,12 +214,17 @@ class Monitor:
                 log.exception("monitor pass failed; going on")
             await self._pids.wait(self._next_wake(last_sweep, watcher))
 
+    def _sweep_soon(self) -> None:
+        """Sweep at the next wake, and wake now (from any thread)."""
+        self._sweep_now = True
+        self._pids.wake()
+
     def _watched(self) -> list[int]:
         """The pids whose end wakes the loop: the tasks' while acting, else the leader's (so a
         standby takes over the moment it dies). A standby watches no task: what it knew is the
         leader's business now."""
         if self.acting:
-            return list(self._known_pids.values())
+            return [*self._known_pids.values(), *self._writers.values()]
         holder = self.lease.holder()
         return [holder[0]] if holder is not None and holder[0] is not None else []
 
@@ -318,6 +329,7 @@ class Monitor:
                 await self._act(name, need)
             else:
                 group.start_soon(self._act, name, need)
+        self._learn_writers(snap.panes, reads, now)
         return idle and not any(name in snap.panes for name in config.tasks)
 
     def _need(
@@ -355,10 +367,12 @@ class Monitor:
         if record.phase is not Phase.UP:
             return None
         started = record.started_at or now
-        if not pane.piped or (
-            now - started > WRITER_GRACE_S and not self.project.logs.path(name).exists()
-        ):
+        if not pane.piped or self._writer_died(name):
             return Need.REPIPE
+        if not self.project.logs.path(name).exists():
+            if now - started > WRITER_GRACE_S:
+                return Need.REPIPE
+            self._expect(started + WRITER_GRACE_S + 0.01)  # its writer may still be starting
         stable = is_stable(
             alive=True,
             has_check=task.has_check(),
@@ -372,6 +386,27 @@ class Monitor:
             if since is not None and since + STABLE_AFTER_S > now:
                 self._expect(since + STABLE_AFTER_S)
         return Need.STABLE if stable and record.restarts else None
+
+    def _learn_writers(
+        self, panes: Mapping[str, Pane], reads: Mapping[str, Read], now: float
+    ) -> None:
+        """Watch the log writer of each running task (its end wakes the loop); one still
+        starting is looked for again when its grace is over."""
+        self._writers = {}
+        for name in self._known_pids:
+            pane = panes[name]
+            pid = self.project.logs.writer_pid(name, pane.run) if pane.run is not None else None
+            started = reads[name].record.started_at
+            if pid is not None:
+                self._writers[name] = pid
+            elif pane.piped and started is not None and now < started + WRITER_GRACE_S:
+                self._expect(started + WRITER_GRACE_S)
+
+    def _writer_died(self, name: str) -> bool:
+        """Whether the log writer of the task's run ended (its pidfd said so; tmux notices
+        only when the task next writes) and no writer replaced it yet."""
+        pid = self._writers.get(name)
+        return pid is not None and pid not in self._replaced and self._pids.ended_ago(pid) > 0
 
     async def _act(self, name: str, need: Need) -> None:
         lock = self.project.task_lock(name, f"monitor: {need.value}")
@@ -637,7 +672,10 @@ class Monitor:
 
     async def _repipe(self, name: str, pane: Pane) -> None:
         project = self.project
-        why = "its log writer died" if not pane.piped else "its log file was removed"
+        died = not pane.piped or self._writer_died(name)
+        if name in self._writers:
+            self._replaced.add(self._writers[name])  # its death is dealt with: never twice
+        why = "its log writer died" if died else "its log file was removed"
         run = pane.run or project.records.get(name).run
         await project.backend.repipe(pane.pane_id, project.log_pipe(name, run, resume=True))
         project.events.record(

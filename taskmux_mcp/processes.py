@@ -629,6 +629,7 @@ class PidWatch:
             fd = os.pidfd_open(pid)
         except ProcessLookupError:
             self._ended[pid] = 1  # ended before we looked
+            self._ended_at[pid] = time.monotonic()
             self._news = True
             return
         except OSError:

@@ -145,12 +145,13 @@ def watch_file(path: Path, changed: Callable[[], None]) -> Callable[[], None]:
 
 
 def watch_folder(
-    folder: Path, changed: Callable[[], None], *, name: str | None = None
+    folder: Path, changed: Callable[[], None], *, name: str | None = None, removals: bool = False
 ) -> Callable[[], None]:
     """Call `changed` (from a watchdog thread) whenever an entry of the folder (or only the
-    one called `name`) is written, replaced, created or deleted; returns what stops the watch.
-    Reads (opens, closes without writing, listings) are not even asked of the kernel, so
-    they wake no one. OSError when the folder cannot be watched."""
+    one called `name`) is written, replaced, created or deleted (removals: only removed or
+    renamed away); returns what stops the watch. Reads (opens, closes without writing,
+    listings) are not even asked of the kernel, so they wake no one. OSError when the folder
+    cannot be watched."""
     from watchdog import events
     from watchdog.observers import Observer
 
@@ -167,6 +168,9 @@ def watch_folder(
         events.FileDeletedEvent, events.FileClosedEvent, events.DirCreatedEvent,
         events.DirMovedEvent, events.DirDeletedEvent,
     ]  # fmt: skip
+    if removals:
+        kinds = [events.FileDeletedEvent, events.DirDeletedEvent, events.FileMovedEvent,
+                 events.DirMovedEvent]  # fmt: skip
     observer = Observer()
     observer.schedule(Handler(), str(folder), recursive=False, event_filter=kinds)
     observer.daemon = True
