@@ -51,6 +51,7 @@ from .state import watch_file, watch_folder
 log = logging.getLogger("taskmux.monitor")
 
 SWEEP_S = 30.0  # the safety sweep, for what announces itself to no one (tmux's odd states)
+IDLE_RECHECK_S = 5.0  # a monitor that ends when idle looks this often while no task runs
 BUSY_RETRY_S = 0.5  # a task someone else was acting on is looked at again this soon
 RESTART_LEAD_S = 0.1  # a restart takes its lock and scans this early; its process starts on time
 STANDBY_RETRY_S = 0.5  # a standby that saw no leader but could not lead tries again this soon
@@ -203,7 +204,7 @@ class Monitor:
                     if watcher is not None and watcher.settled():
                         await self.reload_config()
                 elif self.exit_when_idle and (
-                    self._records_changed() or time.monotonic() - last_sweep >= SWEEP_S
+                    self._records_changed() or time.monotonic() - last_sweep >= IDLE_RECHECK_S
                 ):
                     last_sweep = time.monotonic()
                     if await self._idle():
@@ -232,7 +233,9 @@ class Monitor:
         """Seconds until the next thing falls due."""
         clock = self.project.clock
         now, mono = clock.now(), time.monotonic()
-        waits = [last_sweep + SWEEP_S - mono] if self.acting or self.exit_when_idle else []
+        waits = [last_sweep + SWEEP_S - mono] if self.acting else []
+        if self.exit_when_idle and not self.acting:
+            waits.append(last_sweep + IDLE_RECHECK_S - mono)
         if self.acting:
             renew = self.lease.renew_at()
             waits += [renew - now] if renew is not None else []
@@ -330,7 +333,10 @@ class Monitor:
             else:
                 group.start_soon(self._act, name, need)
         self._learn_writers(snap.panes, reads, now)
-        return idle and not any(name in snap.panes for name in config.tasks)
+        windows = any(name in snap.panes for name in config.tasks)
+        if self.exit_when_idle and windows and not self._known_pids:
+            self._expect(now + IDLE_RECHECK_S)  # no task runs: its last window may go soon
+        return idle and not windows
 
     def _need(
         self, name: str, task: TaskConfig, read: Read, pane: Pane | None, now: float
