@@ -223,7 +223,7 @@ restart_policy = "no"
 """
 
 
-def test_the_page_reconnects_when_the_server_comes_back_and_shows_errors_plainly(
+def test_the_page_reconnects_says_when_its_login_is_void_and_shows_errors_plainly(
     project: Workspace,
 ) -> None:
     project.write(RECONNECT_PROJECT)
@@ -238,9 +238,10 @@ def test_the_page_reconnects_when_the_server_comes_back_and_shows_errors_plainly
             error = wait_for(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#errors li"))
             assert "start broken:" in error[0].text and "boom-42" in error[0].text, error[0].text
         badge = driver.find_element(By.ID, "connection")
-        wait_for(driver, lambda: badge.get_attribute("data-state") == "closed")
-        assert "disconnected" in badge.text
-        assert json.loads((project.open().paths.server).read_text())["pid"] == 0
+        wait_for(driver, lambda: "disconnected; retrying" in badge.text)
+        assert "stale" in str(driver.find_element(By.TAG_NAME, "body").get_attribute("class"))
+        server_json = project.open().paths.server
+        assert json.loads(server_json.read_text())["pid"] == 0
         with serving(project, "--port", str(port)):  # the same port, the same token
             wait_for(driver, lambda: badge.text == "live")
             driver.find_element(
@@ -249,6 +250,9 @@ def test_the_page_reconnects_when_the_server_comes_back_and_shows_errors_plainly
             wait_for(driver, lambda: row_state(driver, "ticker") == "running")
             Select(driver.find_element(By.ID, "log-task")).select_by_value("ticker")
             wait_for(driver, lambda: "ticker-up" in log_text(driver))
+        server_json.unlink()  # the next server draws a new token: the page's cookie is void
+        with serving(project, "--port", str(port)):
+            wait_for(driver, lambda: "not logged in" in badge.text)
 
 
 def test_kill_asks_first_and_does_nothing_when_refused(
