@@ -158,6 +158,18 @@ def test_stop_and_start_buttons_turn_a_row_to_stopped_and_back(
     assert page.find_elements(By.CSS_SELECTOR, "#errors li") == []
 
 
+def test_what_another_process_does_shows_up_live(
+    page: webdriver.Chrome, example: tuple[Workspace, ServerInfo]
+) -> None:
+    project, _ = example
+    assert project.cli("stop", "worker").returncode == 0
+    wait_for(page, lambda: row_state(page, "worker") == "stopped")
+    assert project.cli("start", "worker", "--no-wait").returncode == 0
+    wait_for(page, lambda: row_state(page, "worker") == "running")
+    events = page.find_element(By.ID, "events").text
+    assert "stopped" in events and "worker" in events
+
+
 def test_a_line_printed_after_the_page_loaded_appears_in_the_log_pane_as_text(
     page: webdriver.Chrome, example: tuple[Workspace, ServerInfo]
 ) -> None:

@@ -8,6 +8,8 @@ const MAX_EVENTS = 500; // event rows kept in the page
 const STATUS_DELAY_MS = 150; // events arriving together cost one status request
 const ACTIONS = ["start", "stop", "restart", "kill"];
 const LIVE = new Set(["running", "starting", "unhealthy", "restarting"]);
+const PASSING = new Set(["starting", "restarting"]); // may end without an event: asked again
+const PASSING_MS = 1000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -175,6 +177,7 @@ class Dashboard {
     this.selected = null;
     this.followId = null; // a follow whose reply has not come yet: its lines are the next ones
     this.statusTimer = null;
+    this.passingTimer = null;
     this.statusRunning = false;
     this.statusAgain = false;
     this.seenEvents = new Set();
@@ -293,6 +296,10 @@ class Dashboard {
       this.fillRow(task, cells);
     }
     this.fillSelect(status.tasks);
+    if (status.tasks.some((task) => PASSING.has(task.state))) {
+      clearTimeout(this.passingTimer);
+      this.passingTimer = setTimeout(() => this.refreshStatus(), PASSING_MS);
+    }
   }
 
   makeRow(name) {
