@@ -609,6 +609,8 @@ def cmd_mcp_config(args: argparse.Namespace) -> int:
 
     if not (args.http or args.headers):
         return run_mcp_config(args.client, _project_dir(args), write=args.write, as_json=args.json)
+    if args.headers and args.write:
+        raise UsageError("--headers only prints the header; it writes nothing (drop --write)")
     client_name(args.client)  # an unknown client is refused before anything is drawn
     project = open_project(args)
     source = ServerSource(project.paths.server, project.key)

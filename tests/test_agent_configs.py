@@ -487,10 +487,12 @@ def test_http_snippet_for_a_commented_file_carries_the_vscode_input(proj: Path, 
     assert "'inputs'" in str(refused.value) and TOKEN_INPUT in str(refused.value)
 
 
-def test_http_for_an_unknown_client_draws_nothing(project: Workspace) -> None:
+def test_http_for_an_unknown_client_or_headers_with_write_draws_nothing(project: Workspace) -> None:
     project.write('[tasks.a]\ncommand = "sleep 100"\n')
     answer = project.cli("mcp-config", "emacs", "--http")
     assert answer.returncode == 2 and "unknown client 'emacs'" in answer.stderr
+    both = project.cli("mcp-config", "claude", "--headers", "--write")
+    assert both.returncode == 2 and "drop --write" in both.stderr
     assert not list(project.state_dir.glob("*/server.json"))
 
 
