@@ -302,12 +302,16 @@ def events_of(sup: Facade, kind: str, task: str | None = None) -> list[dict[str,
 
 
 @contextlib.contextmanager
-def serving(project: Workspace, *args: str) -> Iterator[tuple[subprocess.Popen[str], ServerInfo]]:
-    """A real `taskmux serve --port 0` for the project in its own process, until the block ends
-    (then SIGTERM, and its exit status must be 0)."""
+def serving(
+    project: Workspace, *args: str, port: str | None = "0"
+) -> Iterator[tuple[subprocess.Popen[str], ServerInfo]]:
+    """A real `taskmux serve --port 0` (or --port port; None: the port serve chooses) for the
+    project in its own process, until the block ends (then SIGTERM, and its exit status must
+    be 0)."""
     exe = Path(sys.executable).with_name("taskmux")
+    chosen = ["--port", port] if port is not None else []
     proc = subprocess.Popen(
-        [str(exe), "--project", str(project.root), "serve", "--port", "0", *args],
+        [str(exe), "--project", str(project.root), "serve", *chosen, *args],
         env=project.env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
