@@ -55,9 +55,9 @@ function details(values) {
     .join("  ");
 }
 
-function failure(event) {
-  const { exit_code: code, signal } = event.details || {};
-  return event.type === "exited" && ((code !== null && code !== undefined && code !== 0) || Boolean(signal));
+// An end that was not a success: a non-zero status, or a signal.
+function badExit(code, signal) {
+  return Boolean(signal) || (code !== null && code !== undefined && code !== 0);
 }
 
 function taskUrl(port) {
@@ -337,15 +337,17 @@ class Dashboard {
   fillRow(task, cells) {
     cells.row.dataset.state = task.state;
     cells.row.classList.toggle("selected", task.name === this.selected);
-    const failed = task.state === "exited" && (Boolean(task.exit_signal) || Boolean(task.exit_code));
-    cells.state.replaceChildren(el("span", { class: `badge state-${task.state}${failed ? " bad" : ""}`, text: task.state }));
+    const failed = task.state === "exited" && badExit(task.exit_code, task.exit_signal);
+    const badge = el("span", { class: `badge state-${task.state}${failed ? " bad" : ""}`, text: task.state });
+    cells.state.replaceChildren(badge);
     cells.state.title = task.error || (task.manually_stopped ? "stopped by hand" : "");
     const health = task.checked || task.health !== "unknown" ? task.health : "—";
     cells.health.replaceChildren(el("span", { class: `health-${task.health}`, text: health }));
     cells.pid.textContent = task.pid ?? "—";
     if (task.port) {
       const url = taskUrl(task.port);
-      const link = el("a", { href: url, text: String(task.port), target: "_blank", rel: "noopener noreferrer" });
+      const link = el("a", { href: url, text: String(task.port), target: "_blank" });
+      link.rel = "noopener noreferrer";
       link.title = task.url ? `${url} (health: ${task.url})` : url;
       cells.port.replaceChildren(link);
     } else {
@@ -357,8 +359,7 @@ class Dashboard {
     this.fillUptime(task.name);
     const running = this.busy.get(task.name);
     for (const [action, button] of Object.entries(cells.buttons)) {
-      const pointless =
-        (action === "start" && LIVE.has(task.state)) || (action !== "start" && action !== "restart" && task.state === "stopped");
+      const pointless = action === "start" ? LIVE.has(task.state) : action !== "restart" && task.state === "stopped";
       button.disabled = Boolean(running) || pointless;
       button.classList.toggle("running", running === action);
     }
@@ -397,9 +398,8 @@ class Dashboard {
   // -------------------------------------------------------------- actions
 
   async act(action, name) {
-    if (action === "kill" && !confirm(`Kill ${name}? Every process of the task gets SIGKILL and its window is closed.`)) {
-      return;
-    }
+    const question = `Kill ${name}? Every process of the task gets SIGKILL and its window is closed.`;
+    if (action === "kill" && !confirm(question)) return;
     this.busy.set(name, action);
     const known = this.tasks.get(name);
     if (known) this.fillRow(known.status, this.rows.get(name));
@@ -491,12 +491,13 @@ class Dashboard {
     this.seenEvents.add(key);
     const row = el("tr", { "data-type": event.type });
     row.key = key;
+    const bad = event.type === "exited" && badExit(event.details?.exit_code, event.details?.signal);
     const time = el("td", { class: "time", text: clock(event.time), "data-label": "time" });
     time.title = event.time;
     row.append(
       time,
       el("td", { text: event.task || "—", "data-label": "task" }),
-      el("td", { text: event.type, class: `event-${event.type}${failure(event) ? " bad" : ""}`, "data-label": "type" }),
+      el("td", { text: event.type, class: `event-${event.type}${bad ? " bad" : ""}`, "data-label": "type" }),
       el("td", { text: event.cause, "data-label": "cause" }),
       el("td", { text: details(event.details), class: "details", "data-label": "details" }),
     );
