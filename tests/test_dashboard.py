@@ -104,6 +104,16 @@ def status_of(info: ServerInfo, project: Workspace) -> dict[str, dict[str, Any]]
     return {task["name"]: task for task in result["tasks"]}
 
 
+def request(port: int, path: str) -> None:
+    """A GET to the example's api, which prints its request line to its log."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+
+
 def log_text(driver: webdriver.Chrome) -> str:
     """Everything the log pane shows."""
     return str(driver.find_element(By.ID, "log").text)
@@ -179,12 +189,32 @@ def test_a_line_printed_after_the_page_loaded_appears_in_the_log_pane_as_text(
     marker = f"/mark-{uuid.uuid4().hex[:8]}-<b>not-bold</b>"
     assert marker not in log_text(page)
     port = status_of(info, project)["api"]["port"]
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    connection.request("GET", marker)  # the api logs the request line
-    assert connection.getresponse().status == 200
-    connection.close()
+    request(port, marker)
     wait_for(page, lambda: marker in log_text(page))
     assert page.find_elements(By.CSS_SELECTOR, "#log b") == []  # text, never markup
+
+
+def test_the_log_pane_scrolls_along_unless_scrolled_up(
+    page: webdriver.Chrome, example: tuple[Workspace, ServerInfo]
+) -> None:
+    project, info = example
+    port = status_of(info, project)["api"]["port"]
+    for number in range(60):  # more lines than the pane shows
+        request(port, f"/filler-{number}")
+    Select(page.find_element(By.ID, "log-task")).select_by_value("api")
+    log = page.find_element(By.ID, "log")
+    wait_for(page, lambda: "/filler-59" in log_text(page))
+    at_end = "return arguments[0].scrollHeight - arguments[0].scrollTop - arguments[0].clientHeight"
+    wait_for(page, lambda: page.execute_script(at_end, log) < 8)  # it followed
+    page.execute_script("arguments[0].scrollTop = 0", log)  # the reader scrolls up
+    latest = page.find_element(By.ID, "log-end")
+    wait_for(page, latest.is_displayed)
+    request(port, "/while-reading")
+    wait_for(page, lambda: "/while-reading" in log_text(page))
+    assert page.execute_script("return arguments[0].scrollTop", log) == 0  # left where it was
+    latest.click()
+    wait_for(page, lambda: page.execute_script(at_end, log) < 8)
+    assert not latest.is_displayed()
 
 
 def test_a_narrow_window_still_shows_every_row_and_its_buttons(
