@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import os
 import random
 import re
 import shutil
@@ -24,10 +25,9 @@ from taskmux_mcp.errors import InvalidArgument
 from taskmux_mcp.logs import MAX_CONTEXT, MAX_LINES, LogStore, clean_text, parse_since
 from taskmux_mcp.logwriter import MARKER_TAG, line_cap, marker, stamp
 
+NO_PERL = logs._perl() is None and not os.environ.get("CI")  # in CI a missing perl fails
 WRITERS = [
-    pytest.param(
-        "perl", marks=pytest.mark.skipif(logs._perl() is None, reason="no perl with Time::HiRes")
-    ),
+    pytest.param("perl", marks=pytest.mark.skipif(NO_PERL, reason="no perl with Time::HiRes")),
     "python",
 ]
 
@@ -230,7 +230,7 @@ def test_twins_write_the_same_records_however_output_is_cut(
 ) -> None:
     data = b"".join(pieces)
     results = []
-    for kind in ["python"] + (["perl"] if logs._perl() else []):
+    for kind in ["python"] + ([] if NO_PERL else ["perl"]):
         store = LogStore(tmp_path / uuid.uuid4().hex, max_bytes=4096, max_files=99, writer=kind)
         writer = Writer(store, "t")
         pos = 0
@@ -269,8 +269,9 @@ def test_the_flush_barrier_returns_after_a_burst_in_the_pipe_is_on_disk(store: L
 def test_perl_writer_is_clean_under_strict_and_warnings_and_stamps_now(
     tmp_path: Path, clock: str
 ) -> None:
-    if logs._perl() is None:
+    if NO_PERL:
         pytest.skip("no perl with Time::HiRes")
+    assert logs._perl() is not None, "no perl with Time::HiRes"
     script = Path(logs.__file__).with_name("logwriter.pl")
     if clock == "Time::HiRes":  # as where the kernel does not name its arch
         source = script.read_text()
