@@ -316,6 +316,7 @@ def main() -> int:
         print("needs tmux and perl on PATH")
         return 1
     folder = Path(tempfile.mkdtemp(prefix="bench-output-"))
+    os.environ["TMUX_TMPDIR"] = str(folder)  # its tmux servers' sockets go with the folder
     load = os.getloadavg()
     try:
         table(rate_rows(folder, rounds, lines, old))
