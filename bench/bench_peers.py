@@ -18,6 +18,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -793,8 +794,14 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def interrupted(*_: object) -> None:
+    """SIGTERM as Ctrl-C: the sandbox still ends every daemon and tmux server it started."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> int:
     rounds = int(argv[0]) if argv else 5
+    signal.signal(signal.SIGTERM, interrupted)
     peers = install_peers()
     byte_compile_ours()
     for note in peers.notes:
