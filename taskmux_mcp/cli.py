@@ -475,6 +475,18 @@ def _version() -> str:
         return "(not installed)"
 
 
+class _VersionAction(argparse.Action):
+    """--version, the package metadata read only when asked (it is slow to find)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                         nargs=0, **kwargs)  # fmt: skip
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        print(f"taskmux {_version()}")
+        parser.exit()
+
+
 def _port_arg(text: str) -> int | str:
     if text == "auto":
         return text
@@ -716,7 +728,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run and watch a project's dev tasks in tmux.",
         parents=[common],
     )
-    parser.add_argument("--version", action="version", version=f"taskmux {_version()}")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="show program's version number and exit"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], helptext: str,

@@ -43,7 +43,8 @@ R = TypeVar("R")
 @dataclass
 class _Slot(Generic[Q, R]):
     request: Q
-    done: anyio.Event = field(default_factory=anyio.Event)
+    # anyio imports Event on first use: a lambda keeps that out of every command's start-up
+    done: anyio.Event = field(default_factory=lambda: anyio.Event())  # noqa: PLW0108
     result: R | BaseException | None = None
 
 

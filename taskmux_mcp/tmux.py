@@ -18,16 +18,19 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
-import libtmux
-import libtmux.common
 
 from .backend import Launch, Pane, Snapshot, launch_script
 from .coalesce import Batched, Coalesced
 from .errors import TmuxError
 from .processes import is_running
 from .state import write_atomic
+
+if TYPE_CHECKING:
+    import libtmux
+    import libtmux.common
 
 PROJECT_OPTION = "@taskmux_project"
 TASK_OPTION = "@taskmux_task"
@@ -400,6 +403,8 @@ class TmuxBackend:
         await self._run("set-option", "-w", "-t", pane_id, INTERRUPT_OPTION, mark)
 
     def _pane(self, pane_id: str) -> libtmux.Pane:
+        import libtmux  # only send and screen need it: keeps other commands fast
+
         return libtmux.Pane(server=libtmux.Server(socket_name=self.socket_name), pane_id=pane_id)
 
     def type_sync(self, pane_id: str, text: str, keys: Sequence[tuple[bool, str]]) -> None:
