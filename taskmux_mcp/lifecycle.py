@@ -79,6 +79,8 @@ async def task_hook(
     project: Project, notes: Notes, hook: str, task: TaskConfig, cause: Cause
 ) -> HookFailed | None:
     """Run one of a task's hooks; a failure is recorded as an event and returned."""
+    if not task.hooks.get(hook):
+        return None  # no hook: not even its environment is worked out
     try:
         await run_hook(
             hook,

@@ -196,8 +196,8 @@ class TmuxBackend:
         return snapshot, unreaped, server_pid
 
     async def snapshot(self) -> Snapshot:
-        """Async form of snapshot_sync."""
-        return await anyio.to_thread.run_sync(self.snapshot_sync)
+        """Async form of snapshot_sync (its waiters hold no worker thread)."""
+        return await self._snapshots.aget()
 
     def _pane_argv(self, launch: Launch) -> list[str]:
         script = launch_script(launch)
