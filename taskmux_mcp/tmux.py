@@ -331,13 +331,19 @@ class TmuxBackend:
         where = [] if self.config_path is None else [
             ";", "set-option", "-t", target, CONFIG_OPTION, str(self.config_path),
         ]  # fmt: skip
+        # Marks left by the last run are cleared; a new window has none. A set-option costs tmux
+        # time that grows with its windows (0.5 ms at 500): none is sent that changes nothing.
+        clear = [
+            w for option, mark in ((STOP_OPTION, existing and existing.stop_mark),
+                                   (INTERRUPT_OPTION, existing and existing.interrupt)) if mark
+            for w in (";", "set-option", "-w", "-t", target, option, "")
+        ]  # fmt: skip
         sequence = [
             *create,
             *where,
             ";", "set-option", "-w", "-t", target, "remain-on-exit", "on",
             ";", "set-option", "-w", "-t", target, RUN_OPTION, str(launch.run),
-            ";", "set-option", "-w", "-t", target, STOP_OPTION, "",
-            ";", "set-option", "-w", "-t", target, INTERRUPT_OPTION, "",
+            *clear,
             *extra,
             ";", *pipe,
             ";", "display-message", "-p", "-t", target, report_format,
