@@ -35,6 +35,7 @@ class Coalesced(Generic[T]):
         self._began = -1.0
         self._value: T | None = None
         self._reading: dict[int, _Reading[T]] = {}  # by the thread of its event loop
+        self._rested = 0.0  # when an async reading may begin again
 
     async def aget(self) -> T:
         """Async form of get: callers wait on the event loop, not each in a worker thread, so a
@@ -49,10 +50,15 @@ class Coalesced(Generic[T]):
         reading = _Reading(time.monotonic())
         self._reading[loop] = reading
         try:
+            # Readings back to back at most half the time: the source (tmux) has other work.
+            await anyio.sleep(max(0.0, self._rested - time.monotonic()))
+            reading.began = time.monotonic()
             reading.value = await anyio.to_thread.run_sync(self._get_from, reading.began)
             reading.ok = True
             return reading.value
         finally:
+            now = time.monotonic()
+            self._rested = now + (now - reading.began)
             del self._reading[loop]
             reading.done.set()
 

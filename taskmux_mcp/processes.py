@@ -281,13 +281,11 @@ _BOOT: list[float] = []
 
 def _proc_stat(pid: int) -> _Live | None:
     """A live process from /proc/PID/stat; None when gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
+    stat = _read_proc(pid, "stat")
+    if stat is None:
         return None
     close = stat.rfind(b")")
-    fields = stat[close + 2 :].split()
+    fields = stat[close + 2 :].split(maxsplit=20)
     if len(fields) < 20 or fields[0] in (b"Z", b"X"):
         return None
     if not _BOOT:
@@ -298,12 +296,27 @@ def _proc_stat(pid: int) -> _Live | None:
                  fields[0].decode())  # fmt: skip
 
 
+def _read_proc(pid: int, name: str) -> bytes | None:
+    """/proc/PID/name, read with bare syscalls (a scan reads thousands); None when gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        chunks = [os.read(fd, 65536)]
+        while len(chunks[-1]) == 65536:  # a short read is the end
+            chunks.append(os.read(fd, 65536))
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _proc_marker(pid: int) -> str | None:
     """The task marker in /proc/PID/environ, if readable."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            environ = handle.read()
-    except OSError:
+    environ = _read_proc(pid, "environ")
+    if environ is None:
         return None
     key = ENV_MARKER.encode() + b"="
     for entry in environ.split(b"\0"):
