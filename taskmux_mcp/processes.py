@@ -152,7 +152,7 @@ def _marker_of(proc: Any) -> str | None:
 
 @dataclass(frozen=True)
 class _Row:
-    """One live process as a scan saw it."""
+    """One live process as a scan saw it: one read of /proc/PID/stat (or psutil)."""
 
     pid: int
     ppid: int | None
@@ -161,7 +161,6 @@ class _Row:
     born: float
     name: str
     state: str
-    marker: str | None
 
 
 _STATES = {"R": "running", "S": "sleeping", "D": "disk-sleep", "T": "stopped", "I": "idle"}
@@ -171,7 +170,7 @@ class _Table:
     """One scan of the process table, indexed so that finding a task's processes costs the
     size of the task, not of the table (a stop of 500 tasks asks 500 times)."""
 
-    def __init__(self, rows: dict[int, _Row]) -> None:
+    def __init__(self, rows: dict[int, _Row], markers: dict[int, str]) -> None:
         self.rows = rows
         self.children: dict[int, list[int]] = {}
         self.by_session: dict[int, list[int]] = {}
@@ -181,8 +180,8 @@ class _Table:
                 self.children.setdefault(row.ppid, []).append(pid)
             if row.sid is not None:
                 self.by_session.setdefault(row.sid, []).append(pid)
-            if row.marker is not None:
-                self.by_marker.setdefault(row.marker, []).append(pid)
+        for pid, marker in markers.items():
+            self.by_marker.setdefault(marker, []).append(pid)
         self.protected = {0, 1, os.getpid()}  # we and our ancestors: never a task's
         parent = rows[os.getpid()].ppid if os.getpid() in rows else None
         while parent is not None and parent not in self.protected:
@@ -233,33 +232,22 @@ class _ProcessTable:
 
     def _scan(self) -> _Table:
         rows: dict[int, _Row] = {}
+        marked: dict[int, str] = {}
         markers: dict[tuple[int, float], str | None] = {}
         settled = time.time() - MARKER_SETTLE_S
-        for live, marker_of in _live_processes():
-            key = (live.pid, live.born)
+        for row, marker_of in _live_processes():
+            key = (row.pid, row.born)
             marker = self._markers[key] if key in self._markers else marker_of()
-            if marker is not None or live.born < settled:
+            if marker is not None or row.born < settled:
                 markers[key] = marker  # an exec right after fork may still add a marker
-            rows[live.pid] = _Row(live.pid, live.ppid, live.pgid, live.sid, live.born, live.name,
-                                  live.state, marker)  # fmt: skip
+            if marker is not None:
+                marked[row.pid] = marker
+            rows[row.pid] = row
         self._markers = markers
-        return _Table(rows)
+        return _Table(rows, marked)
 
 
-@dataclass(frozen=True)
-class _Live:
-    """What one read of /proc/PID/stat (or psutil) says of a live process."""
-
-    pid: int
-    ppid: int | None
-    pgid: int | None
-    sid: int | None
-    born: float
-    name: str
-    state: str
-
-
-def _live_processes() -> Iterator[tuple[_Live, Callable[[], str | None]]]:
+def _live_processes() -> Iterator[tuple[_Row, Callable[[], str | None]]]:
     """Every non-zombie process and how to read its marker: one read of /proc/PID/stat each on
     Linux, psutil elsewhere."""
     if not os.path.isdir("/proc/self/"):
@@ -267,7 +255,7 @@ def _live_processes() -> Iterator[tuple[_Live, Callable[[], str | None]]]:
             info = proc.info
             if info["status"] != psutil.STATUS_ZOMBIE:
                 pid = info["pid"]
-                live = _Live(pid, info["ppid"], _getpgid(pid), _getsid(pid),
+                live = _Row(pid, info["ppid"], _getpgid(pid), _getsid(pid),
                              info["create_time"] or 0.0, info["name"] or "", "")  # fmt: skip
                 yield live, functools.partial(_marker_of, proc)
         return
@@ -279,7 +267,7 @@ def _live_processes() -> Iterator[tuple[_Live, Callable[[], str | None]]]:
 _BOOT: list[float] = []
 
 
-def _proc_stat(pid: int) -> _Live | None:
+def _proc_stat(pid: int) -> _Row | None:
     """A live process from /proc/PID/stat; None when gone or a zombie."""
     stat = _read_proc(pid, "stat")
     if stat is None:
@@ -292,7 +280,7 @@ def _proc_stat(pid: int) -> _Live | None:
         _BOOT.extend((psutil.boot_time(), os.sysconf("SC_CLK_TCK")))
     born = _BOOT[0] + int(fields[19]) / _BOOT[1]
     name = stat[stat.find(b"(") + 1 : close].decode(errors="replace")
-    return _Live(pid, int(fields[1]), int(fields[2]), int(fields[3]), born, name,
+    return _Row(pid, int(fields[1]), int(fields[2]), int(fields[3]), born, name,
                  fields[0].decode())  # fmt: skip
 
 
