@@ -319,9 +319,10 @@ class TmuxBackend:
                 ]  # fmt: skip
             else:
                 create = ["new-window", "-d", "-t", f"={session}:", "-n", nonce, "--", *argv]
+            # A window named at its creation (-n) keeps automatic-rename off; programs may
+            # still rename it unless allow-rename is off.
             extra = [
                 ";", "set-option", "-w", "-t", target, TASK_OPTION, launch.task,
-                ";", "set-option", "-w", "-t", target, "automatic-rename", "off",
                 ";", "set-option", "-w", "-t", target, "allow-rename", "off",
             ]  # fmt: skip
             rename = [";", "rename-window", "-t", target, launch.task]
