@@ -38,6 +38,7 @@ from .health import PROBE_AGENT
 from .locks import is_locked
 from .logwriter import MARKER_TAG, OUTPUT_SEP, TS_LEN
 from .models import GrepMatch, GrepResult, LogLine, LogsResult
+from .processes import until_exit
 from .terminal import ESC_BYTES as _ESC
 from .terminal import LINE_CHARS, clean_text, cut_line
 
@@ -1026,9 +1027,13 @@ class LogStore:
                 asked.add(pid)  # never a process group (0, -1), never us
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGUSR1)
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            await anyio.sleep(0.005)
+            # The writer lets go of the lock as it exits: wait for that rather than poll (a
+            # stop of 500 tasks has 500 drains at once).
+            if not (pid in asked and await until_exit(pid, min(left, 0.25))):
+                await anyio.sleep(0.005)
 
     def grep(
         self,
