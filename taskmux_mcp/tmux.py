@@ -66,6 +66,8 @@ _FORMAT = _SEP.join("#{" + name + "}" for name in _FIELDS)
 _NO_SERVER = re.compile(
     r"no server running|error connecting to|No such file or directory|server exited|lost server"
 )
+# A server with no session left (it is about to exit, or exit-empty is off) has no target.
+_NO_SESSIONS = re.compile(r"no current target")
 
 
 def _int(text: str) -> int | None:
@@ -142,6 +144,8 @@ class TmuxBackend:
         if status != 0:
             if _NO_SERVER.search(message) or not message:
                 return Snapshot(server_running=False, session=None), False, None
+            if _NO_SESSIONS.search(message):
+                return Snapshot(server_running=True, session=None), False, None
             raise TmuxError(f"tmux list-panes failed: {message}")
         panes: dict[str, Pane] = {}
         ours: str | None = None
