@@ -44,25 +44,21 @@ def cache_root() -> Path:
     return Path(configured) if configured else Path(tempfile.gettempdir()) / "taskmux-bench-cache"
 
 
-def baseline_taskmux() -> tuple[Path | None, str]:
-    """The `taskmux` script of 0.3.0 in a cached venv (installed on first use), or why not."""
-    venv = cache_root() / "taskmux-0.3.0"
-    script = venv / "bin" / "taskmux"
-    marker = venv / ".installed"
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / ".lock", "w") as lock:
+def cached_install(
+    folder: str, product: Path, steps: Sequence[Sequence[str]]
+) -> tuple[Path | None, str]:
+    """`product` once `steps` have installed it into cache_root()/folder (kept between runs),
+    or why not. steps may name the folder as {dir}."""
+    where = cache_root() / folder
+    marker = where / ".installed"
+    where.parent.mkdir(parents=True, exist_ok=True)
+    with open(where.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and script.exists():
-            return script, "cached"
-        shutil.rmtree(venv, ignore_errors=True)
-        python = shutil.which("python3") or sys.executable
-        steps = [
-            [python, "-m", "venv", str(venv)],
-            [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
-             BASELINE],
-            [str(venv / "bin" / "python"), "-c", "import taskmux.tmux_manager, taskmux.daemon"],
-        ]  # fmt: skip
-        for argv in steps:
+        if marker.exists() and product.exists():
+            return product, "cached"
+        shutil.rmtree(where, ignore_errors=True)
+        for step in steps:
+            argv = [arg.replace("{dir}", str(where)) for arg in step]
             try:
                 done = subprocess.run(
                     argv, capture_output=True, text=True, timeout=300, check=False
@@ -72,14 +68,50 @@ def baseline_taskmux() -> tuple[Path | None, str]:
             if done.returncode != 0:
                 lines = (done.stderr or done.stdout).strip().splitlines()
                 return None, lines[-1] if lines else f"{argv[:3]} exited {done.returncode}"
-        marker.write_text(BASELINE + "\n")
-        return script, "installed now"
+        if not product.exists():
+            return None, f"{product} missing after install"
+        marker.write_text(" ".join(" ".join(step) for step in steps) + "\n")
+        return product, "installed now"
+
+
+def python_venv_steps(requirement: str, check: str) -> list[list[str]]:
+    """Steps that make a venv in {dir}, pip-install requirement, and run `python -c check`."""
+    python = shutil.which("python3") or sys.executable
+    return [
+        [python, "-m", "venv", "{dir}"],
+        ["{dir}/bin/pip", "install", "--quiet", "--disable-pip-version-check", requirement],
+        ["{dir}/bin/python", "-c", check],
+    ]
+
+
+def baseline_taskmux() -> tuple[Path | None, str]:
+    """The `taskmux` script of 0.3.0 in a cached venv (installed on first use), or why not."""
+    folder = "taskmux-0.3.0"
+    steps = python_venv_steps(BASELINE, "import taskmux.tmux_manager, taskmux.daemon")
+    return cached_install(folder, cache_root() / folder / "bin" / "taskmux", steps)
+
+
+def byte_compile_ours() -> None:
+    """Compile our modules ahead, as installing a wheel does: this machine sets
+    PYTHONDONTWRITEBYTECODE=1, so an editable checkout would compile each at every CLI call."""
+    package = Path(__file__).resolve().parent.parent / "taskmux_mcp"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=False)
 
 
 def ours_cli() -> list[str]:
     """The `taskmux` console script of this checkout's venv."""
     script = Path(sys.executable).with_name("taskmux")
     return [str(script)] if script.exists() else [sys.executable, "-m", "taskmux_mcp"]
+
+
+def report_goal(key: str, ours: str, baseline: str, verdict: str) -> None:
+    """Hand one row of issue 15's goals table to bench/run.py, which names the file in
+    $TASKMUX_BENCH_GOALS and prints the rows at the end (nothing when a bench runs alone)."""
+    path = os.environ.get("TASKMUX_BENCH_GOALS")
+    if path:
+        line = {"key": key, "ours": ours, "baseline": baseline, "verdict": verdict}
+        with open(path, "a") as out:
+            out.write(json.dumps(line) + "\n")
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
@@ -488,6 +520,8 @@ def bench_chain(sb: Sandbox, base: Path | None) -> list[Row]:
             healthy = time.perf_counter() - started
         sb.tmux(tmux_dir, "kill-server")
         note += f"; 0.3.0 returned at {secs(returned, 1)}, before c was healthy"
+    shown = f"0.3.0 {secs(healthy)}" if healthy is not None else "0.3.0 not measured"
+    report_goal("chain", secs(ours), f"ideal 3.0 s; {shown}", verdict(ours <= 3.2))
     return [
         ("3-task chain (healthy 1 s after start): start -> all healthy", secs(ours),
          secs(healthy), ratio(healthy, ours), "ideal 3.0 s", note),

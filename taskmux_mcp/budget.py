@@ -29,6 +29,16 @@ def _cut_strings(value: Any) -> Any:
     return value
 
 
+def _has_long_string(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) > LINE_CHARS
+    if isinstance(value, list):
+        return any(_has_long_string(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_long_string(v) for v in value.values())
+    return False
+
+
 def _size(model: BaseModel) -> int:
     return len(model.model_dump_json(exclude_none=True).encode())
 
@@ -72,9 +82,10 @@ _ADVICE = {
 
 def fit(result: M, budget: int = REPLY_BUDGET) -> M:
     """The result with long lines cut, then shortened to budget bytes, saying what was cut."""
-    data = _cut_strings(result.model_dump(mode="python"))
-    fitted = type(result).model_validate(data)
-    if _size(fitted) <= budget or type(fitted) not in _CUTS:
+    data = result.model_dump(mode="python")
+    # Rebuilt only when a line was cut: a status of 500 tasks is read as it is.
+    fitted = type(result).model_validate(_cut_strings(data)) if _has_long_string(data) else result
+    if type(fitted) not in _CUTS or _size(fitted) <= budget:
         return fitted
     field, newest, what = _CUTS[type(fitted)]
     items: list[Any] = getattr(fitted, field)

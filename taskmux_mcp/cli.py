@@ -475,6 +475,18 @@ def _version() -> str:
         return "(not installed)"
 
 
+class _VersionAction(argparse.Action):
+    """--version, the package metadata read only when asked (it is slow to find)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                         nargs=0, **kwargs)  # fmt: skip
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        print(f"taskmux {_version()}")
+        parser.exit()
+
+
 def _port_arg(text: str) -> int | str:
     if text == "auto":
         return text
@@ -604,10 +616,21 @@ def _project_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_mcp_config(args: argparse.Namespace) -> int:
-    """mcp-config CLIENT [--write]: print or merge the MCP registration for a client."""
-    from .agent_configs import run_mcp_config
+    """mcp-config CLIENT [--http] [--write] [--headers]: print or merge a client's MCP entry."""
+    from .agent_configs import ServerSource, client_name, run_headers, run_mcp_config
 
-    return run_mcp_config(args.client, _project_dir(args), write=args.write, as_json=args.json)
+    if not (args.http or args.headers):
+        return run_mcp_config(args.client, _project_dir(args), write=args.write, as_json=args.json)
+    if args.headers and args.write:
+        raise UsageError("--headers only prints the header; it writes nothing (drop --write)")
+    client_name(args.client)  # an unknown client is refused before anything is drawn
+    project = open_project(args)
+    source = ServerSource(project.paths.server, project.key)
+    if args.headers:
+        return run_headers(source)
+    return run_mcp_config(
+        args.client, project.config.root, write=args.write, as_json=args.json, http=source
+    )
 
 
 def _slot(args: argparse.Namespace, host: str) -> ProjectSlot:
@@ -705,7 +728,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run and watch a project's dev tasks in tmux.",
         parents=[common],
     )
-    parser.add_argument("--version", action="version", version=f"taskmux {_version()}")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="show program's version number and exit"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], helptext: str,
@@ -775,6 +800,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("client", metavar="CLIENT", help=f"{', '.join(MCP_CLIENTS)} (any case; "
                    "aliases such as claude-code, vs-code or gemini-cli too)")  # fmt: skip
     p.add_argument("--write", action="store_true", help="merge it into the client's config file")
+    p.add_argument("--http", action="store_true",
+                   help="the entry for this project's `taskmux serve` (its URL and token, from "
+                   "server.json; drawn and saved now if it has not run yet) instead of the "
+                   "stdio server (default: the stdio server)")  # fmt: skip
+    p.add_argument("--headers", action="store_true",
+                   help="print only the header carrying the token, as JSON (what Claude Code's "
+                   "headersHelper runs; default: off)")  # fmt: skip
     return parser
 
 

@@ -11,8 +11,19 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import anyio
+import anyio.to_thread
 
 T = TypeVar("T")
+
+
+@dataclass
+class _Reading(Generic[T]):
+    """A reading in flight, awaited by the callers of one event loop."""
+
+    began: float
+    done: anyio.Event = field(default_factory=lambda: anyio.Event())  # noqa: PLW0108
+    value: T | None = None
+    ok: bool = False
 
 
 class Coalesced(Generic[T]):
@@ -23,10 +34,39 @@ class Coalesced(Generic[T]):
         self._lock = threading.Lock()
         self._began = -1.0
         self._value: T | None = None
+        self._reading: dict[int, _Reading[T]] = {}  # by the thread of its event loop
+        self._rested = 0.0  # when an async reading may begin again
+
+    async def aget(self) -> T:
+        """Async form of get: callers wait on the event loop, not each in a worker thread, so a
+        thousand of them cost one thread and the readings they share."""
+        asked = time.monotonic()
+        loop = threading.get_ident()  # each event loop has its own readings in flight
+        while loop in self._reading:
+            reading = self._reading[loop]
+            await reading.done.wait()
+            if reading.began >= asked and reading.ok:
+                return reading.value  # type: ignore[return-value]
+        reading = _Reading(time.monotonic())
+        self._reading[loop] = reading
+        try:
+            # Readings back to back at most half the time: the source (tmux) has other work.
+            await anyio.sleep(max(0.0, self._rested - time.monotonic()))
+            reading.began = time.monotonic()
+            reading.value = await anyio.to_thread.run_sync(self._get_from, reading.began)
+            reading.ok = True
+            return reading.value
+        finally:
+            now = time.monotonic()
+            self._rested = now + (now - reading.began)
+            del self._reading[loop]
+            reading.done.set()
 
     def get(self) -> T:
         """A reading begun after this call (shared with whoever else asked meanwhile)."""
-        asked = time.monotonic()
+        return self._get_from(time.monotonic())
+
+    def _get_from(self, asked: float) -> T:
         with self._lock:
             if self._value is not None and self._began >= asked:
                 return self._value
@@ -43,7 +83,8 @@ R = TypeVar("R")
 @dataclass
 class _Slot(Generic[Q, R]):
     request: Q
-    done: anyio.Event = field(default_factory=anyio.Event)
+    # anyio imports Event on first use: a lambda keeps that out of every command's start-up
+    done: anyio.Event = field(default_factory=lambda: anyio.Event())  # noqa: PLW0108
     result: R | BaseException | None = None
 
 

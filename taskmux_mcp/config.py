@@ -15,10 +15,8 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import tomlkit
-import tomlkit.items
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from taskmux_mcp.envfiles import DEFAULT_ENV_FILE, load_env_files
@@ -30,6 +28,9 @@ from taskmux_mcp.errors import (
     UnknownTask,
 )
 from taskmux_mcp.state import write_atomic
+
+if TYPE_CHECKING:
+    import tomlkit.items
 
 CONFIG_FILENAME = "taskmux.toml"
 PROJECT_ENV_VAR = "TASKMUX_PROJECT"
@@ -1091,6 +1092,8 @@ def add_task(
     health_url: str | None = None,
 ) -> ProjectConfig:
     """Add task `name` to the taskmux.toml at `path`, keeping its comments and layout."""
+    import tomlkit.items  # editing only: every command loads the config, few edit it
+
     text, bom = _read_for_edit(path)
     current = parse_config(text, path)
     if why := name_problem(name):
@@ -1127,6 +1130,8 @@ def add_task(
 
 def remove_task(path: Path, name: str) -> ProjectConfig:
     """Remove task `name` from the taskmux.toml at `path`; refused while others depend on it."""
+    import tomlkit
+
     text, bom = _read_for_edit(path)
     current = parse_config(text, path)
     if name not in current.tasks:
@@ -1178,6 +1183,8 @@ def _commit(path: Path, preferred: str | None, fallback: str, bom: bool) -> Proj
 
 
 def _toml_value(value: object) -> Any:
+    import tomlkit
+
     if isinstance(value, Mapping):
         inline = tomlkit.inline_table()
         for key, item in value.items():
@@ -1191,6 +1198,8 @@ def _toml_value(value: object) -> Any:
 
 
 def _toml_table(fields: Mapping[str, object]) -> tomlkit.items.Table:
+    import tomlkit
+
     table = tomlkit.table()
     for key, value in fields.items():
         if value is not None:
@@ -1199,6 +1208,8 @@ def _toml_table(fields: Mapping[str, object]) -> tomlkit.items.Table:
 
 
 def _toml_inline(table: tomlkit.items.Table) -> tomlkit.items.InlineTable:
+    import tomlkit
+
     inline = tomlkit.inline_table()
     inline.update(table.unwrap())
     return inline
@@ -1318,6 +1329,8 @@ depends_on = ["setup"]"""
 
 def render_new_config(name: str, tasks: Mapping[str, Mapping[str, object]]) -> str:
     """The text of a fresh taskmux.toml for `taskmux init`, validated."""
+    import tomlkit
+
     doc = tomlkit.document()
     for line in _INIT_HEADER.splitlines():
         doc.add(tomlkit.comment(line))

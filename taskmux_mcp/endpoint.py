@@ -18,10 +18,13 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
 
+from .errors import InvalidArgument
 from .state import write_atomic
 
 DEFAULT_PORT = 8765
+DEFAULT_HOST = "127.0.0.1"
 TOKEN_BYTES = 32
+MIN_TOKEN_CHARS = 32  # a shorter saved token is not kept: a new one is drawn
 CONNECT_TIMEOUT_S = 0.5
 
 
@@ -115,7 +118,30 @@ def running_server(path: Path) -> ServerInfo | None:
 def token_for(path: Path) -> str:
     """The token to serve with: the one already saved, else a new one."""
     info = read_server_info(path)
-    return info.token if info is not None and len(info.token) >= 32 else new_token()
+    return info.token if info is not None and len(info.token) >= MIN_TOKEN_CHARS else new_token()
+
+
+def choose_port(port: int | None, path: Path) -> int:
+    """--port when given, else the port this project's server used last, else DEFAULT_PORT."""
+    if port is not None:
+        if not 0 <= port <= 65535:
+            raise InvalidArgument(f"port must be between 0 and 65535 (got {port})")
+        return port
+    saved = read_server_info(path)
+    return saved.port if saved is not None and 0 < saved.port <= 65535 else DEFAULT_PORT
+
+
+def published_or_drawn(path: Path) -> tuple[ServerInfo, bool]:
+    """Where clients will find this project's server: server.json's address and token, else
+    the token and port `taskmux serve` will use, drawn now and saved for it (True)."""
+    saved = read_server_info(path)
+    if saved is not None and len(saved.token) >= MIN_TOKEN_CHARS and 0 < saved.port <= 65535:
+        return saved, False
+    host = saved.host if saved is not None else DEFAULT_HOST
+    info = ServerInfo(host=host, port=choose_port(None, path), token=token_for(path))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info.save(path)
+    return info, True
 
 
 def mark_stopped(path: Path, token: str) -> None:

@@ -11,9 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dotenv.parser import parse_stream
-from dotenv.variables import parse_variables
-
 DEFAULT_ENV_FILE = ".env"
 MAX_ENV_FILE = 1024 * 1024
 
@@ -40,6 +37,9 @@ def read_env_file(path: Path, base: Mapping[str, str]) -> EnvFile:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return EnvFile(path, problems=[(0, f"is not UTF-8 text ({exc.reason})")])
+    from dotenv.parser import parse_stream  # only when a file exists: most projects have none
+    from dotenv.variables import parse_variables
+
     values: dict[str, str] = {}
     problems: list[tuple[int, str]] = []
     scope = dict(base)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -79,6 +80,8 @@ async def task_hook(
     project: Project, notes: Notes, hook: str, task: TaskConfig, cause: Cause
 ) -> HookFailed | None:
     """Run one of a task's hooks; a failure is recorded as an event and returned."""
+    if not task.hooks.get(hook):
+        return None  # no hook: not even its environment is worked out
     try:
         await run_hook(
             hook,
@@ -311,12 +314,27 @@ async def stop(
                 with contextlib.suppress(OSError):
                     os.killpg(os.getpgid(pane.pid), signal.Signals[task.stop_signal])
 
-        outcome = await processes.stop_tree(
-            pane_pid, project.task_id(name), interrupt=interrupt, grace=task.stop_grace_period,
-            first=task.stop_signal,
-        )  # fmt: skip
+        # tmux is asked for the run's end as soon as its root has ended, while the stop still
+        # looks for processes that outlive the root (a scan of the whole machine).
+        told: list[Pane | None] = []
+        asking = False
+
+        async def tmux_says_dead() -> None:
+            nonlocal asking
+            if pane_pid is not None and await processes.until_exit(pane_pid, math.inf):
+                asking = True
+                told.append(await wait_dead(project, name))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(tmux_says_dead)
+            outcome = await processes.stop_tree(
+                pane_pid, project.task_id(name), interrupt=interrupt,
+                grace=task.stop_grace_period, first=task.stop_signal,
+            )  # fmt: skip
+            if not asking:
+                group.cancel_scope.cancel()
         await mark()  # when there was nothing to interrupt
-        after = await wait_dead(project, name) if alive else pane
+        after = told[0] if told else await wait_dead(project, name) if alive else pane
         exit_record = None
         if alive and after is not None and after.dead:
             exit_record = ExitRecord(

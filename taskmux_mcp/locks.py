@@ -117,8 +117,11 @@ class FileLock:
         if self._fd is not None:
             return True
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:  # the folder first (it is there but once: no mkdir then)
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError:
             # A read-only or full state folder: an existing lock file still locks (flock
             # works on a read-only descriptor); a missing one raises for the caller to report.
@@ -133,8 +136,13 @@ class FileLock:
             return False
         holder = {"pid": os.getpid(), "what": self.what, "since": time.time()}
         with contextlib.suppress(OSError):  # a full disk must not stop a lock from working
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            data = json.dumps(holder).encode()
+            size = os.fstat(fd).st_size
+            if size <= _HOLDER_MAX:  # padded over the last holder: a truncate costs a journal
+                data = data.ljust(size)  # write on ext4 (0.3 ms), JSON ignores the spaces
+            else:
+                os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
         self._fd = fd
         return True
 

@@ -38,6 +38,7 @@ from .health import PROBE_AGENT
 from .locks import is_locked
 from .logwriter import MARKER_TAG, OUTPUT_SEP, TS_LEN
 from .models import GrepMatch, GrepResult, LogLine, LogsResult
+from .processes import until_exit
 from .terminal import ESC_BYTES as _ESC
 from .terminal import LINE_CHARS, clean_text, cut_line
 
@@ -46,6 +47,7 @@ MAX_CONTEXT = 50
 MAX_MATCHES = 10_000
 MAX_CURSOR = 64 * 1024
 WRITERS = ("perl", "python")
+WRITER_MALLOC = "MALLOC_MMAP_THRESHOLD_=65536"
 
 _TAIL_BLOCK = 64 * 1024
 _COUNT_BLOCK = 1024 * 1024
@@ -925,7 +927,9 @@ class LogStore:
         argv = [*writer_argv(self.writer), str(path), str(run)]
         quoted = [shlex.quote(a).replace("#", "##") for a in argv]
         rotation = [str(max_bytes or self.max_bytes), str(max_files or self.max_files)]
-        words = ["exec", *quoted, "#{pane_pid}", *rotation]
+        # glibc keeps a burst's freed buffers unless big blocks are mapped apart: a writer per
+        # task would hold about 1 MB more after a burst without this.
+        words = [WRITER_MALLOC, "exec", *quoted, "#{pane_pid}", *rotation]
         return " ".join([*words, "resume"] if resume else words)
 
     def remove(self, task: str) -> None:
@@ -1035,9 +1039,13 @@ class LogStore:
                 asked.add(pid)  # never a process group (0, -1), never us
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGUSR1)
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            await anyio.sleep(0.005)
+            # The writer lets go of the lock as it exits: wait for that rather than poll (a
+            # stop of 500 tasks has 500 drains at once).
+            if not (pid in asked and await until_exit(pid, min(left, 0.25))):
+                await anyio.sleep(0.005)
 
     def grep(
         self,

@@ -115,6 +115,68 @@ class _Log:
         self.reopen()
 
 
+class _Lines:
+    """Turns reads of raw output into records: a stamp on each line, over-long lines split,
+    rotation at a line end."""
+
+    def __init__(self, log: _Log, cap: int) -> None:
+        self.log = log
+        self.cap = cap
+        self.at_bol = True
+        self.line_len = 0
+
+    def write(self, buf: bytes, ts: bytes) -> None:
+        """Write one read (its "\\r\\n" already made "\\n"), stamped with the time it came."""
+        lines = buf.count(b"\n")
+        # Records are at most the read plus a stamp a line: if that cannot reach the cap or
+        # the rotation size, no line is split and no rotation falls inside this read.
+        if (
+            self.line_len + len(buf) > self.cap
+            or self.log.size + len(buf) + (lines + 1) * (TS_LEN + 1) >= self.log.max_bytes
+        ):
+            self._one_by_one(buf, ts)
+            return
+        out = buf.replace(b"\n", b"\n" + ts + OUTPUT_SEP) if lines else buf
+        tail = len(buf) - buf.rfind(b"\n") - 1 if lines else -1  # bytes after the last "\n"
+        if tail == 0:
+            out = out[: -TS_LEN - 1]  # the next line's stamp comes with it
+        if self.at_bol:
+            out = ts + OUTPUT_SEP + out
+        self.log.put(out)
+        if tail < 0:
+            self.line_len = len(buf) if self.at_bol else self.line_len + len(buf)
+            self.at_bol = False
+        else:
+            self.at_bol, self.line_len = tail == 0, tail
+
+    def _one_by_one(self, buf: bytes, ts: bytes) -> None:
+        log, cap = self.log, self.cap
+        out = bytearray()
+        pos, end = 0, len(buf)
+        while pos < end:
+            if self.at_bol:
+                out += ts + OUTPUT_SEP
+                self.at_bol, self.line_len = False, 0
+            nl = buf.find(b"\n", pos)
+            content = (end if nl < 0 else nl) - pos
+            if self.line_len + content > cap:
+                take = cap - self.line_len
+                out += buf[pos : pos + take] + b"\n"
+                pos += take
+                self.at_bol = True
+            else:
+                stop = end if nl < 0 else nl + 1
+                out += buf[pos:stop]
+                self.line_len += content
+                pos = stop
+                self.at_bol = nl >= 0
+            if self.at_bol and log.size + len(out) >= log.max_bytes:
+                log.put(bytes(out))
+                out.clear()
+                log.rotate()
+        log.put(bytes(out))
+
+
 def _lock(path: str, run_no: str) -> int:
     """Take the writer lock of a log, waiting up to LOCK_WAIT for the previous writer."""
     try:
@@ -152,14 +214,14 @@ def run(
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     lock_fd = _lock(path, run_no)
     log = _Log(path, max_bytes, max_files)
-    cap = line_cap(max_bytes)
     if log.ends_mid_line():
         log.put(b"\n")
     if resume:
         log.put(stamp(time.time()) + OUTPUT_SEP + RESUMED + b"\n")
     else:
         log.put(marker(time.time(), run_no, pid))
-    at_bol, line_len, held_cr = True, 0, False
+    lines = _Lines(log, line_cap(max_bytes))
+    held_cr = False
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -189,34 +251,9 @@ def run(
             buf, held_cr = b"\r" + buf, False
         if buf.endswith(b"\r"):
             buf, held_cr = buf[:-1], True  # may be the first half of a "\r\n"
-        buf = buf.replace(b"\r\n", b"\n")
-        if not buf:
-            continue
-        ts = stamp(time.time())
-        out = bytearray()
-        pos, end = 0, len(buf)
-        while pos < end:
-            if at_bol:
-                out += ts + OUTPUT_SEP
-                at_bol, line_len = False, 0
-            nl = buf.find(b"\n", pos)
-            content = (end if nl < 0 else nl) - pos
-            if line_len + content > cap:
-                take = cap - line_len
-                out += buf[pos : pos + take] + b"\n"
-                pos += take
-                at_bol = True
-            else:
-                stop = end if nl < 0 else nl + 1
-                out += buf[pos:stop]
-                line_len += content
-                pos = stop
-                at_bol = nl >= 0
-            if at_bol and log.size + len(out) >= max_bytes:
-                log.put(bytes(out))
-                out.clear()
-                log.rotate()
-        log.put(bytes(out))
+        if buf:
+            lines.write(buf.replace(b"\r\n", b"\n"), stamp(time.time()))
+    at_bol = lines.at_bol
     if held_cr:
         log.put((stamp(time.time()) + OUTPUT_SEP if at_bol else b"") + b"\r")
         at_bol = False

@@ -34,7 +34,7 @@ from taskmux_mcp.errors import InvalidArgument, PortBusy
 
 ENV_MARKER = "TASKMUX_TASK_ID"
 
-_SCAN_ATTRS = ["pid", "ppid", "status", "create_time"]
+_SCAN_ATTRS = ["pid", "ppid", "status", "create_time", "name"]
 MARKER_SETTLE_S = 2.0
 
 
@@ -49,6 +49,7 @@ class ProcessInfo:
     name: str
     cmdline: str
     status: str
+    born: float | None = None
 
 
 @dataclass(frozen=True)
@@ -152,12 +153,65 @@ def _marker_of(proc: Any) -> str | None:
 
 @dataclass(frozen=True)
 class _Row:
-    """One live process as a scan saw it."""
+    """One live process as a scan saw it: one read of /proc/PID/stat (or psutil)."""
 
     pid: int
     ppid: int | None
+    pgid: int | None
     sid: int | None
-    marker: str | None
+    born: float
+    name: str
+    state: str
+
+
+_STATES = {"R": "running", "S": "sleeping", "D": "disk-sleep", "T": "stopped", "I": "idle"}
+
+
+class _Table:
+    """One scan of the process table, indexed so that finding a task's processes costs the
+    size of the task, not of the table (a stop of 500 tasks asks 500 times)."""
+
+    def __init__(self, rows: dict[int, _Row], markers: dict[int, str]) -> None:
+        self.rows = rows
+        self.children: dict[int, list[int]] = {}
+        self.by_session: dict[int, list[int]] = {}
+        self.by_marker: dict[str, list[int]] = {}
+        for pid, row in rows.items():
+            if row.ppid is not None:
+                self.children.setdefault(row.ppid, []).append(pid)
+            if row.sid is not None:
+                self.by_session.setdefault(row.sid, []).append(pid)
+        for pid, marker in markers.items():
+            self.by_marker.setdefault(marker, []).append(pid)
+        self.protected = {0, 1, os.getpid()}  # we and our ancestors: never a task's
+        parent = rows[os.getpid()].ppid if os.getpid() in rows else None
+        while parent is not None and parent not in self.protected:
+            self.protected.add(parent)
+            parent = rows[parent].ppid if parent in rows else None
+
+    def members(self, root_pid: int | None, task_id: str | None) -> list[_Row]:
+        """A task's live processes: root and descendants, root's session, env-marked ones."""
+        seeds: list[int] = []
+        if root_pid is not None:
+            seeds += [root_pid, *self.by_session.get(root_pid, ())]
+        if task_id is not None:
+            seeds += self.by_marker.get(task_id, ())
+        found: dict[int, _Row] = {}
+        while seeds:
+            pid = seeds.pop()
+            if pid in found or pid in self.protected or pid not in self.rows:
+                continue
+            found[pid] = self.rows[pid]
+            seeds.extend(self.children.get(pid, ()))
+        return [found[pid] for pid in sorted(found)]
+
+    def processes(self, root_pid: int | None, task_id: str | None) -> list[ProcessInfo]:
+        """A task's live processes as the scan saw them (the command line is the name)."""
+        return [
+            ProcessInfo(pid=r.pid, ppid=r.ppid or 0, pgid=r.pgid, sid=r.sid, name=r.name,
+                        cmdline=r.name, status=_STATES.get(r.state, r.state), born=r.born)
+            for r in self.members(root_pid, task_id)
+        ]  # fmt: skip
 
 
 class _ProcessTable:
@@ -169,61 +223,89 @@ class _ProcessTable:
         self._markers: dict[tuple[int, float], str | None] = {}
         self._reading = Coalesced(self._scan)
 
-    def rows(self) -> dict[int, _Row]:
+    def read(self) -> _Table:
         """A scan begun after this call."""
         return self._reading.get()
 
-    def _scan(self) -> dict[int, _Row]:
+    async def aread(self) -> _Table:
+        """A scan begun after this call, waited for on the event loop."""
+        return await self._reading.aget()
+
+    def _scan(self) -> _Table:
         rows: dict[int, _Row] = {}
+        marked: dict[int, str] = {}
         markers: dict[tuple[int, float], str | None] = {}
         settled = time.time() - MARKER_SETTLE_S
-        for pid, ppid, sid, born, marker_of in _live_processes():
-            key = (pid, born)
+        for row, marker_of in _live_processes():
+            key = (row.pid, row.born)
             marker = self._markers[key] if key in self._markers else marker_of()
-            if marker is not None or born < settled:
+            if marker is not None or row.born < settled:
                 markers[key] = marker  # an exec right after fork may still add a marker
-            rows[pid] = _Row(pid, ppid, sid, marker)
+            if marker is not None:
+                marked[row.pid] = marker
+            rows[row.pid] = row
         self._markers = markers
-        return rows
+        return _Table(rows, marked)
 
 
-_Live = tuple[int, int | None, int | None, float, Callable[[], str | None]]
-
-
-def _live_processes() -> Iterator[_Live]:
-    """(pid, ppid, session, start time, how to read its marker) of every non-zombie process:
-    one read of /proc/PID/stat each on Linux, psutil elsewhere."""
+def _live_processes() -> Iterator[tuple[_Row, Callable[[], str | None]]]:
+    """Every non-zombie process and how to read its marker: one read of /proc/PID/stat each on
+    Linux, psutil elsewhere."""
     if not os.path.isdir("/proc/self/"):
         for proc in psutil.process_iter(_SCAN_ATTRS, ad_value=None):
             info = proc.info
             if info["status"] != psutil.STATUS_ZOMBIE:
                 pid = info["pid"]
-                born = info["create_time"] or 0.0
-                yield pid, info["ppid"], _getsid(pid), born, functools.partial(_marker_of, proc)
+                live = _Row(pid, info["ppid"], _getpgid(pid), _getsid(pid),
+                             info["create_time"] or 0.0, info["name"] or "", "")  # fmt: skip
+                yield live, functools.partial(_marker_of, proc)
         return
-    boot, ticks = psutil.boot_time(), os.sysconf("SC_CLK_TCK")
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) < 20 or fields[0] in (b"Z", b"X"):
-            continue
-        pid = int(name)
-        born = boot + int(fields[19]) / ticks
-        yield pid, int(fields[1]), int(fields[3]), born, functools.partial(_proc_marker, pid)
+        if name.isdigit() and (seen := _proc_stat(int(name))) is not None:
+            yield seen, functools.partial(_proc_marker, seen.pid)
+
+
+_BOOT: list[float] = []
+
+
+def _proc_stat(pid: int) -> _Row | None:
+    """A live process from /proc/PID/stat; None when gone or a zombie."""
+    stat = _read_proc(pid, "stat")
+    if stat is None:
+        return None
+    close = stat.rfind(b")")
+    fields = stat[close + 2 :].split(maxsplit=20)
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    if not _BOOT:
+        _BOOT.extend((psutil.boot_time(), os.sysconf("SC_CLK_TCK")))
+    born = _BOOT[0] + int(fields[19]) / _BOOT[1]
+    name = stat[stat.find(b"(") + 1 : close].decode(errors="replace")
+    return _Row(pid, int(fields[1]), int(fields[2]), int(fields[3]), born, name,
+                 fields[0].decode())  # fmt: skip
+
+
+def _read_proc(pid: int, name: str) -> bytes | None:
+    """/proc/PID/name, read with bare syscalls (a scan reads thousands); None when gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        chunks = [os.read(fd, 65536)]
+        while len(chunks[-1]) == 65536:  # a short read is the end
+            chunks.append(os.read(fd, 65536))
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _proc_marker(pid: int) -> str | None:
     """The task marker in /proc/PID/environ, if readable."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            environ = handle.read()
-    except OSError:
+    environ = _read_proc(pid, "environ")
+    if environ is None:
         return None
     key = ENV_MARKER.encode() + b"="
     for entry in environ.split(b"\0"):
@@ -235,39 +317,14 @@ def _proc_marker(pid: int) -> str | None:
 _TABLE = _ProcessTable()
 
 
-def _member_pids(root_pid: int | None, task_id: str | None) -> tuple[set[int], dict[int, Any]]:
-    """Pids of a task's live processes, and the psutil handles seen during the scan."""
-    protected = _protected_pids()
-    rows = {pid: row for pid, row in _TABLE.rows().items() if pid not in protected}
-    children: dict[int, list[int]] = {}
-    seeds: set[int] = set()
-    for pid, row in rows.items():
-        if row.ppid is not None:
-            children.setdefault(row.ppid, []).append(pid)
-        in_session = root_pid is not None and root_pid in (pid, row.sid)
-        if in_session or (task_id is not None and row.marker == task_id):
-            seeds.add(pid)
-    members: set[int] = set()
-    stack = list(seeds)
-    while stack:
-        pid = stack.pop()
-        if pid in members or pid not in rows:
-            continue
-        members.add(pid)
-        stack.extend(children.get(pid, ()))
-    handles = {}
-    for pid in members:
-        with contextlib.suppress(psutil.Error):
-            handles[pid] = psutil.Process(pid)
-    return members, handles
-
-
 def task_processes(root_pid: int | None, task_id: str | None) -> list[ProcessInfo]:
     """Every live process of a task: root and descendants, root's session, env-marked ones."""
     if root_pid is None and task_id is None:
         return []
-    members, handles = _member_pids(root_pid, task_id)
-    found = (_snapshot(handles[pid]) for pid in sorted(members) if pid in handles)
+    found = []
+    for row in _TABLE.read().members(root_pid, task_id):
+        with contextlib.suppress(psutil.Error):
+            found.append(_snapshot(psutil.Process(row.pid)))
     return [info for info in found if info is not None]
 
 
@@ -314,7 +371,9 @@ def signal_all(processes: Iterable[ProcessInfo], sig: signal.Signals) -> None:
 
 
 async def _scan(root_pid: int | None, task_id: str | None) -> list[ProcessInfo]:
-    return await anyio.to_thread.run_sync(task_processes, root_pid, task_id)
+    if root_pid is None and task_id is None:
+        return []
+    return (await _TABLE.aread()).processes(root_pid, task_id)
 
 
 async def _wait_gone(
@@ -340,9 +399,67 @@ async def _wait_gone(
             if fresh:
                 signal_all(fresh, resend)
                 signalled.update(p.pid for p in fresh)
-        if time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             return procs
-        await anyio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        # Without resending, nothing can change until one of them ends: no scan until then.
+        await _until_ended(procs, left if resend is None else min(poll, left), poll)
+
+
+async def _until_ended(procs: list[ProcessInfo], timeout: float, poll: float) -> None:
+    """Until every one of procs has ended or timeout passes, as the kernel tells (a pidfd
+    each); where pidfds are missing (macOS, seccomp, no fds left), for at most poll s."""
+    fds: list[int] = []
+    try:
+        for proc in procs:
+            fd = _open_pidfd(proc.pid, proc.born)
+            if fd is not None:
+                fds.append(fd)
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        await anyio.sleep(max(0.0, min(timeout, poll)))
+        return
+    try:
+        with anyio.move_on_after(timeout):
+            for fd in fds:
+                await anyio.wait_readable(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+async def until_exit(pid: int, timeout: float) -> bool:
+    """Until the process ends (True) or timeout passes (False), as the kernel tells; False
+    at once where that cannot be watched (no pidfds): the caller polls instead."""
+    try:
+        fd = _open_pidfd(pid)
+    except OSError:
+        return False
+    if fd is None:
+        return True
+    try:
+        with anyio.move_on_after(timeout):
+            await anyio.wait_readable(fd)
+            return True
+        return False
+    finally:
+        os.close(fd)
+
+
+def _open_pidfd(pid: int, born: float | None = None) -> int | None:
+    """A pidfd of the process (the one born then, when given); None when it has ended (its
+    pid may be another's by now); OSError when pidfds cannot be had."""
+    if not hasattr(os, "pidfd_open"):
+        raise OSError(errno.ENOSYS, "no pidfd here")
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    if born is not None and (now := _proc_stat(pid)) is not None and now.born != born:
+        os.close(fd)
+        return None
+    return fd
 
 
 async def stop_tree(
@@ -368,14 +485,26 @@ async def stop_tree(
             duration_s=time.monotonic() - started,
         )
 
-    procs = await _scan(root_pid, task_id)
-    if not procs:
+    try:
+        root = _open_pidfd(root_pid) if root_pid is not None else None
+    except OSError:
+        root = None
+    if root is None and not await _scan(root_pid, task_id):
         return outcome([], "none")
-    with contextlib.suppress(Exception):
-        await interrupt()
+    deadline = started + grace
+    try:
+        with contextlib.suppress(Exception):
+            await interrupt()
+        if root is not None:  # the root ends first as a rule: no scan until it has
+            with anyio.move_on_after(grace):
+                await anyio.wait_readable(root)
+    finally:
+        if root is not None:
+            os.close(root)
     procs = await _wait_gone(
-        root_pid, task_id, timeout=grace, poll=poll, resend=None, signalled=set()
-    )
+        root_pid, task_id, timeout=max(0.0, deadline - time.monotonic()), poll=poll,
+        resend=None, signalled=set(),
+    )  # fmt: skip
     if not procs:
         return outcome([], first)
 
@@ -408,7 +537,7 @@ async def _kill_phase(
         signal_all(procs, signal.SIGKILL)
         if time.monotonic() >= deadline:
             break
-        await anyio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        await _until_ended(procs, min(poll, max(0.0, deadline - time.monotonic())), poll)
         procs = await _scan(root_pid, task_id)
     return outcome(procs, "SIGKILL")
 

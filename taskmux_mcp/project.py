@@ -755,11 +755,12 @@ class Project:
 
     def _stop_order(self, names: Sequence[str]) -> dict[str, list[str]]:
         """For each task, the tasks among names that depend on it (stopped before it)."""
-        config = self.config
-        return {
-            name: [o for o in names if o != name and name in config.task(o).depends_on]
-            for name in names
-        }
+        users: dict[str, list[str]] = {name: [] for name in names}
+        for other in names:
+            for dep in dict.fromkeys(self.config.task(other).depends_on):
+                if dep in users and dep != other:
+                    users[dep].append(other)
+        return users
 
     async def stop(
         self,

@@ -28,6 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import anyio.lowlevel
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .backend import Pane
@@ -443,6 +444,8 @@ class RecordStore:
     async def change(self, task: str, change: Callable[[TaskRecord], TaskRecord]) -> TaskRecord:
         """Apply change to the record under its short lock and save it; StateWriteError if the
         state folder refuses (the stop mark is written first, so a manual stop survives)."""
+        # Others go first: a stop of 500 tasks signals the first while the last are saved.
+        await anyio.lowlevel.checkpoint()
         lock = FileLock(self.locks / f"record-{task}.lock", f"saving the record of {task}")
         try:
             await lock.acquire(RECORD_LOCK_S, task=task)

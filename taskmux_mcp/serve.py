@@ -43,10 +43,9 @@ from starlette.websockets import WebSocket
 
 from .bridge import MAX_FRAME, Bridge
 from .endpoint import (
-    DEFAULT_PORT,
     ServerInfo,
+    choose_port,
     mark_stopped,
-    read_server_info,
     running_server,
     token_for,
     url_host,
@@ -379,16 +378,6 @@ def _first_server(path: Path, lock: FileLock) -> str:
             )
         time.sleep(0.05)
     return f"taskmux serve is already starting for this project ({lock.describe_holder()})"
-
-
-def choose_port(port: int | None, path: Path) -> int:
-    """--port when given, else the port this project's server used last, else DEFAULT_PORT."""
-    if port is not None:
-        if not 0 <= port <= 65535:
-            raise InvalidArgument(f"port must be between 0 and 65535 (got {port})")
-        return port
-    saved = read_server_info(path)
-    return saved.port if saved is not None and 0 < saved.port <= 65535 else DEFAULT_PORT
 
 
 async def run_serve(

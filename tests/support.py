@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -15,10 +18,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import anyio
 import psutil
+import pytest
 
 from taskmux_mcp.endpoint import ServerInfo, running_server
 from taskmux_mcp.events import Cause
@@ -298,12 +302,16 @@ def events_of(sup: Facade, kind: str, task: str | None = None) -> list[dict[str,
 
 
 @contextlib.contextmanager
-def serving(project: Workspace, *args: str) -> Iterator[tuple[subprocess.Popen[str], ServerInfo]]:
-    """A real `taskmux serve --port 0` for the project in its own process, until the block ends
-    (then SIGTERM, and its exit status must be 0)."""
+def serving(
+    project: Workspace, *args: str, port: str | None = "0"
+) -> Iterator[tuple[subprocess.Popen[str], ServerInfo]]:
+    """A real `taskmux serve --port 0` (or --port port; None: the port serve chooses) for the
+    project in its own process, until the block ends (then SIGTERM, and its exit status must
+    be 0)."""
     exe = Path(sys.executable).with_name("taskmux")
+    chosen = ["--port", port] if port is not None else []
     proc = subprocess.Popen(
-        [str(exe), "--project", str(project.root), "serve", "--port", "0", *args],
+        [str(exe), "--project", str(project.root), "serve", *chosen, *args],
         env=project.env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -324,3 +332,96 @@ def serving(project: Workspace, *args: str) -> Iterator[tuple[subprocess.Popen[s
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "Traceback" not in err, err
+
+
+# ------------------------------------------------------------------ Node tools from npm, cached
+
+NODE_MIN = (22, 19)
+CACHE = REPO / ".cache"
+
+
+def unavailable(why: str) -> NoReturn:
+    """Skip a test whose outside tool cannot be had here; fail it in CI (CI=true), which must."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI must be able to run this test: {why}")
+    pytest.skip(why)
+
+
+def node_version(node: str) -> tuple[int, ...]:
+    """The version of a node executable; () when it does not run."""
+    try:
+        out = subprocess.run(
+            [node, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError:
+        return ()
+    found = re.match(r"v(\d+)\.(\d+)", out.stdout.strip())
+    return tuple(int(x) for x in found.groups()) if found else ()
+
+
+@contextlib.contextmanager
+def _cache_lock(name: str) -> Iterator[None]:
+    """One npm install into a cache folder at a time (xdist workers share .cache/)."""
+    CACHE.mkdir(exist_ok=True)
+    (CACHE / ".gitignore").write_text("*\n")
+    with (CACHE / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def npm_install(prefix: Path, package: str, path_env: str) -> str | None:
+    """Install an npm package under the cache; why not, when it cannot be done."""
+    npm = shutil.which("npm")
+    if npm is None:
+        return "npm is not installed"
+    prefix.mkdir(parents=True, exist_ok=True)
+    command = ["install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(prefix), package]
+    try:
+        done = subprocess.run(
+            [npm, *command],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env={**os.environ, "PATH": path_env},
+        )
+    except subprocess.TimeoutExpired:
+        return f"npm install {package} timed out"
+    if done.returncode != 0:
+        return f"npm install {package} failed (registry unreachable?): {done.stderr.strip()[-300:]}"
+    return None
+
+
+def node_path() -> str:
+    """A PATH holding Node >= 22.19: the system's, or the npm build installed under .cache/."""
+    path_env = os.environ.get("PATH", "")
+    system_node = shutil.which("node")
+    if system_node is not None and node_version(system_node) >= NODE_MIN:
+        return path_env
+    arch = {"x86_64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine())
+    if arch is None:
+        unavailable(f"no Node >= 22.19 and no npm Node build for {platform.machine()}")
+    package = f"node-{'darwin' if sys.platform == 'darwin' else 'linux'}-{arch}"
+    node_dir = CACHE / "node" / "node_modules" / package / "bin"
+    with _cache_lock("node"):
+        if node_version(str(node_dir / "node")) < NODE_MIN:
+            why = npm_install(CACHE / "node", f"{package}@22", path_env)
+            if why:
+                unavailable(f"Node here is older than 22.19 and a newer one cannot be had: {why}")
+    if node_version(str(node_dir / "node")) < NODE_MIN:
+        unavailable("Node >= 22.19 is not available")
+    return f"{node_dir}{os.pathsep}{path_env}"
+
+
+def npm_tool(folder: str, package: str, command: str) -> tuple[Path, str]:
+    """A Node CLI (npm PACKAGE installed under .cache/FOLDER) and a PATH holding Node >= 22.19."""
+    path_env = node_path()
+    cli = CACHE / folder / "node_modules" / ".bin" / command
+    with _cache_lock(folder):
+        if not cli.exists():
+            why = npm_install(CACHE / folder, package, path_env)
+            if why:
+                unavailable(f"{package} cannot be installed: {why}")
+    if not cli.exists():
+        unavailable(f"{package} installed no {command} command")
+    return cli, path_env

@@ -45,6 +45,76 @@ def test_a_reading_serves_the_callers_who_asked_while_the_previous_one_ran() -> 
     assert shared.get() == len(began) and began[-1] >= later  # never a reading from before
 
 
+def test_async_callers_share_readings_and_wait_without_holding_threads() -> None:
+    began: list[float] = []
+    running: list[int] = []
+    most = [0]
+
+    def read() -> int:
+        running.append(1)
+        most[0] = max(most[0], len(running))
+        began.append(time.monotonic())
+        time.sleep(0.05)
+        running.pop()
+        return len(began)
+
+    shared = Coalesced(read)
+    in_threads: list[int] = []  # calls that went to a worker thread
+    get_from = shared._get_from
+
+    def counted(asked: float) -> int:
+        in_threads.append(1)
+        return get_from(asked)
+
+    shared._get_from = counted  # type: ignore[method-assign]
+    got: list[tuple[float, int]] = []
+
+    async def caller(delay: float) -> None:
+        await anyio.sleep(delay)
+        when = time.monotonic()
+        got.append((when, await shared.aget()))
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            for i in range(200):  # more callers than the worker threads (40)
+                group.start_soon(caller, (i % 10) * 0.01)
+
+    anyio.run(main)
+    assert len(got) == 200 and len(began) <= 6 and most[0] == 1  # a few readings, one at a time
+    assert len(in_threads) == len(began)  # a worker thread per reading, none per waiter
+    assert all(began[value - 1] >= when for when, value in got)  # each from a reading begun later
+
+
+def test_an_async_reading_that_fails_leaves_no_waiter_stranded() -> None:
+    calls: list[int] = []
+
+    def read() -> int:
+        calls.append(1)
+        time.sleep(0.02)
+        if len(calls) == 1:
+            raise OSError("tmux went away")
+        return len(calls)
+
+    shared = Coalesced(read)
+    outcomes: list[object] = []
+
+    async def caller() -> None:
+        try:
+            outcomes.append(await shared.aget())
+        except OSError as exc:
+            outcomes.append(str(exc))
+
+    async def main() -> None:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                for _ in range(5):
+                    group.start_soon(caller)
+
+    anyio.run(main)
+    assert outcomes.count("tmux went away") == 1  # only the caller whose reading failed
+    assert all(o == 2 for o in outcomes if o != "tmux went away")  # the others read again
+
+
 def test_requests_made_at_once_go_in_one_batch_and_failures_reach_each_waiter() -> None:
     batches: list[list[int]] = []
 

@@ -449,6 +449,19 @@ def test_tmux_never_parses_cwd_or_env_values(
     never_created(mark)
 
 
+def test_a_tmux_server_without_sessions_reads_as_no_session(project: Workspace) -> None:
+    project.write(API)
+    sup = project.open()
+    project.server.cmd("-f", "/dev/null", "start-server", ";", "set", "-g", "exit-empty", "off")
+    listed = project.server.cmd("list-panes", "-a", check=False)
+    assert listed.returncode != 0 and "no current target" in listed.stderr, listed
+    snapshot = sup.backend.snapshot_sync()
+    assert snapshot.server_running and snapshot.session is None and not snapshot.panes
+    started = anyio.run(lambda: sup.start(wait=False))
+    assert started.ok, started
+    assert running_pid(sup, "api")
+
+
 def test_a_project_folder_with_a_tmux_format_runs_the_hosted_monitor_without_running_it(
     project: Workspace, tmp_path: Path
 ) -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +25,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.server import MCPServer
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
-from support import REPO, Workspace, slot_for
+from support import Workspace, npm_tool, slot_for
 
 from taskmux_mcp import mcp_server
 from taskmux_mcp.mcp_server import INSTRUCTIONS, build_server
@@ -725,80 +723,9 @@ def test_sigterm_stops_the_server_and_tasks_keep_running(project: Workspace) -> 
 
 # ------------------------------------------------------------------ MCP Inspector CLI
 
-NODE_MIN = (22, 19)
-CACHE = REPO / ".cache"
-
-
-def _node_version(node: str) -> tuple[int, ...]:
-    try:
-        out = subprocess.run(
-            [node, "--version"], capture_output=True, text=True, timeout=10, check=False
-        )
-    except OSError:
-        return ()
-    found = re.match(r"v(\d+)\.(\d+)", out.stdout.strip())
-    return tuple(int(x) for x in found.groups()) if found else ()
-
-
-def _npm_install(prefix: Path, package: str, path_env: str) -> str | None:
-    """Install an npm package under the cache; why not, when it cannot be done."""
-    npm = shutil.which("npm")
-    if npm is None:
-        return "npm is not installed"
-    prefix.mkdir(parents=True, exist_ok=True)
-    (CACHE / ".gitignore").write_text("*\n")
-    try:
-        done = subprocess.run(
-            [
-                npm,
-                "install",
-                "--no-save",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-                str(prefix),
-                package,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-            env={**os.environ, "PATH": path_env},
-        )
-    except subprocess.TimeoutExpired:
-        return f"npm install {package} timed out"
-    if done.returncode != 0:
-        return f"npm install {package} failed (registry unreachable?): {done.stderr.strip()[-300:]}"
-    return None
-
-
-def inspector() -> tuple[Path, str]:
-    """The Inspector CLI and a PATH holding Node >= 22.19, installing both under .cache/."""
-    path_env = os.environ.get("PATH", "")
-    system_node = shutil.which("node")
-    if system_node is None or _node_version(system_node) < NODE_MIN:
-        arch = {"x86_64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine())
-        if arch is None:
-            pytest.skip(f"no Node >= 22.19 and no npm Node build for {platform.machine()}")
-        package = f"node-{'darwin' if sys.platform == 'darwin' else 'linux'}-{arch}"
-        node_dir = CACHE / "node" / "node_modules" / package / "bin"
-        if _node_version(str(node_dir / "node")) < NODE_MIN:
-            why = _npm_install(CACHE / "node", f"{package}@22", path_env)
-            if why:
-                pytest.skip(f"Node here is older than 22.19 and a newer one cannot be had: {why}")
-        if _node_version(str(node_dir / "node")) < NODE_MIN:
-            pytest.skip("Node >= 22.19 is not available")
-        path_env = f"{node_dir}{os.pathsep}{path_env}"
-    cli = CACHE / "inspector" / "node_modules" / ".bin" / "mcp-inspector"
-    if not cli.exists():
-        why = _npm_install(CACHE / "inspector", "@modelcontextprotocol/inspector@2", path_env)
-        if why:
-            pytest.skip(f"the MCP Inspector cannot be installed: {why}")
-    return cli, path_env
-
 
 def test_mcp_inspector_cli_lists_tools_and_calls_one(project: Workspace) -> None:
-    cli, path_env = inspector()
+    cli, path_env = npm_tool("inspector", "@modelcontextprotocol/inspector@2", "mcp-inspector")
     project.write(SIMPLE)
     project.open()
     server_env = [

@@ -208,6 +208,36 @@ async def test_stop_tree_returns_quickly_when_sigint_is_enough(spawner: Spawner)
 
 
 @pytest.mark.anyio
+async def test_stop_tree_waits_for_what_outlives_the_root(spawner: Spawner) -> None:
+    # The root ends on SIGINT at once; a child that left its group and ignores SIGINT is
+    # still the task's: the stop is not done when the root's pidfd fires.
+    task = spawner.task_id()
+    root = spawner.shell("setsid sh -c 'trap \"\" INT; sleep 1003; true' & exec sleep 1001", task)
+    wait_for(lambda: "sleep 1003" in cmdlines(task_processes(root.pid, task)), what="child")
+    outcome = await stop_tree(root.pid, task, interrupt=sigint_group(root.pid), grace=0.4)
+    assert outcome.stopped and outcome.signal_used == "SIGTERM"
+    assert outcome.duration_s >= 0.4
+    assert task_processes(root.pid, task) == []
+
+
+@pytest.mark.anyio
+async def test_stop_tree_polls_where_pidfds_are_refused(
+    spawner: Spawner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(pid: int) -> int:
+        raise PermissionError("pidfd_open blocked by a seccomp profile")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    task = spawner.task_id()
+    root = spawner.shell("sleep 1001 & sleep 1002 & wait", task)
+    wait_for(lambda: len(task_processes(root.pid, task)) == 3, what="tree")
+    outcome = await stop_tree(root.pid, task, interrupt=sigint_group(root.pid), grace=0.3)
+    assert outcome.stopped and outcome.signal_used == "SIGTERM"
+    assert outcome.duration_s < 3
+    assert task_processes(root.pid, task) == []
+
+
+@pytest.mark.anyio
 async def test_stop_tree_escalates_to_sigterm(spawner: Spawner) -> None:
     # Background jobs of a non-interactive shell ignore SIGINT, so only SIGTERM ends them.
     task = spawner.task_id()
@@ -236,7 +266,7 @@ async def test_stop_tree_goes_on_when_interrupt_raises(spawner: Spawner) -> None
 @pytest.mark.anyio
 async def test_stop_tree_sigkills_what_ignores_int_and_term(spawner: Spawner) -> None:
     task = spawner.task_id()
-    root = spawner.shell("trap '' INT TERM; while :; do sleep 0.05; done", task)
+    root = spawner.shell("trap '' INT TERM; while :; do sleep 0.5; done", task)
     wait_for(lambda: len(task_processes(root.pid, task)) >= 2, what="loop with a sleep")
     outcome = await stop_tree(
         root.pid, task, interrupt=sigint_group(root.pid), grace=0.2, term_grace=0.3

@@ -199,6 +199,20 @@ def test_a_removed_lock_file_is_not_a_second_lock(tmp_path: Path) -> None:
     second.release()
 
 
+def test_a_holder_written_over_a_longer_one_reads_whole(tmp_path: Path) -> None:
+    path = tmp_path / "task-api.lock"
+    first = FileLock(path, "restarting api after its config changed, mcp " + "x" * 200)
+    assert first.try_acquire()
+    first.release()
+    second = FileLock(path, "stop")  # shorter: written over the first without a truncate
+    assert second.try_acquire()
+    try:
+        holder = second.holder()
+        assert holder is not None and (holder.pid, holder.what) == (os.getpid(), "stop")
+    finally:
+        second.release()
+
+
 def test_the_holder_of_a_lock_is_named_with_what_to_do(tmp_path: Path) -> None:
     path = tmp_path / "task-api.lock"
     holder = subprocess.Popen(
