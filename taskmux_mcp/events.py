@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 MAX_LIMIT = 10_000
 SUBSCRIBER_QUEUE = 1000
 _TEXT_MAX = 4000  # longest string kept in an event's details
-_POLL = 1.0  # the safety net under inotify's wake-ups
+_POLL = 1.0  # how often a subscription reads the file when it cannot be watched
+_WATCHED_POLL = 30.0  # the safety net under inotify's wake-ups
 
 
 class EventType(StrEnum):
@@ -134,6 +135,10 @@ class _Bus:
             return
         with self.lock:
             self._observer = stop
+
+    def watched(self) -> bool:
+        """Whether other processes' appends wake the subscriptions (else they poll)."""
+        return bool(self._observer)
 
 
 _BUSES: dict[str, _Bus] = {}
@@ -368,7 +373,7 @@ class Subscription(AsyncIterator[EventRecord]):
                 event = self._pop()
             if event is not None:
                 return event
-            with anyio.move_on_after(_POLL):
+            with anyio.move_on_after(_WATCHED_POLL if self._bus.watched() else _POLL):
                 await self._wake.wait()
         raise StopAsyncIteration
 

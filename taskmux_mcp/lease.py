@@ -24,7 +24,7 @@ from .clock import Clock
 from .locks import is_locked
 
 LEASE_TTL_S = 3.0
-RENEW_S = 0.5
+RENEW_S = LEASE_TTL_S / 3  # a leader late by up to two thirds of the TTL still holds
 _NAME = re.compile(r"lease-(\d{1,12})\Z")
 
 
@@ -69,6 +69,14 @@ def read_lease(folder: Path, now: float) -> LeaseInfo | None:
     return LeaseInfo(epochs[-1], pid, host, since, st.st_mtime, alive)
 
 
+def _holder_pid(path: Path) -> int | None:
+    """The pid written in a lease file (None when it cannot be read)."""
+    try:
+        return int(json.loads(path.read_bytes())["pid"])
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        return None
+
+
 class Lease:
     """One monitor's claim to lead its project."""
 
@@ -79,6 +87,7 @@ class Lease:
         self.epoch: int | None = None
         self._fd: int | None = None
         self._renewed = 0.0
+        self._holder: tuple[int, int | None, float] | None = None  # epoch, pid, renewed
 
     def try_lead(self) -> bool:
         """Lead if we already do, or if the newest lease's holder is dead or frozen."""
@@ -86,11 +95,13 @@ class Lease:
             return True
         epochs = _epochs(self.folder)
         top = epochs[-1] if epochs else 0
-        if top and self._holder_alive(_file(self.folder, top)):
+        if top and self._holder_alive(top):
             return False
+        self._holder = None
         return self._claim(top + 1)
 
-    def _holder_alive(self, path: Path) -> bool:
+    def _holder_alive(self, epoch: int) -> bool:
+        path = _file(self.folder, epoch)
         locked = is_locked(path)
         if not locked:
             return False
@@ -98,7 +109,24 @@ class Lease:
             renewed = os.stat(path).st_mtime
         except OSError:
             return False
+        if self._holder is None or self._holder[0] != epoch:
+            self._holder = (epoch, _holder_pid(path), renewed)
+        else:
+            self._holder = (epoch, self._holder[1], renewed)
         return self.clock.now() - renewed <= LEASE_TTL_S
+
+    def holder(self) -> tuple[int | None, float] | None:
+        """For a standby: the leader's pid (None when unreadable) and the moment its lease
+        goes stale unless renewed (when to look again); None when no one else was seen
+        leading at the last try."""
+        if self._holder is None or self._fd is not None:
+            return None
+        _, pid, renewed = self._holder
+        return pid, renewed + LEASE_TTL_S
+
+    def renew_at(self) -> float | None:
+        """For the leader: when its lease is next due for renewal (wall time)."""
+        return self._renewed + RENEW_S if self._fd is not None else None
 
     def _claim(self, epoch: int) -> bool:
         now = self.clock.now()

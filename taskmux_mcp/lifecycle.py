@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from . import processes, records
-from .backend import Launch, Pane
+from .backend import Launch, Pane, Snapshot
 from .config import TaskConfig
 from .errors import HookFailed, PortBusy, StateWriteError, TaskmuxError, TmuxError
 from .events import Cause, EventType
@@ -106,12 +106,16 @@ async def launch(
     on_failure: FailureDecision | None = None,
     notes: Notes | None = None,
     force_port: bool = False,
+    not_before: float | None = None,
+    seen: Snapshot | None = None,
 ) -> Pane:
     """Start a new run of a task that is not running (the caller holds its lock).
 
     Hooks, leftovers of older runs and the spawn happen between the `launch` and `launched`
     transitions; a failure is recorded (`on_failure` gives the policy's decision for
-    automatic restarts) and raised as TaskmuxError.
+    automatic restarts) and raised as TaskmuxError. not_before: the moment (wall time) the
+    process may start; what comes before its spawn is done meanwhile. seen: a snapshot the
+    caller took holding the lock (nobody else can have started the task since).
     """
     if not lock.held():
         raise TaskmuxError(f"lost the lock of task '{name}' before starting it")
@@ -119,7 +123,7 @@ async def launch(
     task = project.config.task(name)
     cwd = task.working_dir(project.config.root)
     digest = task_digest(task)
-    now = project.clock.now()
+    now = max(project.clock.now(), not_before or 0.0)  # when its process starts
     record = await project.records.change(
         name,
         lambda r: records.launch(r, cause=cause, now=now, automatic=automatic, digest=digest),
@@ -132,7 +136,10 @@ async def launch(
             "before_start", task.hooks.before_start, task=name, cwd=cwd, env=project.task_env(name)
         )
         with anyio.CancelScope(shield=True):
-            pane = await _spawn(project, name, task, run, cause, force_port=force_port, notes=notes)
+            pane = await _spawn(
+                project, name, task, run, cause, force_port=force_port, notes=notes,
+                not_before=not_before, seen=seen,
+            )  # fmt: skip
     except TaskmuxError as exc:
         decision = on_failure(record) if on_failure is not None else None
         error = str(exc)
@@ -176,12 +183,15 @@ async def _spawn(
     *,
     force_port: bool,
     notes: Notes,
+    not_before: float | None = None,
+    seen: Snapshot | None = None,
 ) -> Pane:
-    snapshot = await project.backend.snapshot()
+    snapshot = seen or await project.backend.snapshot()
     current = snapshot.panes.get(name)
     if current is not None and not current.dead:
         raise TaskmuxError(f"task '{name}' is already running (pid {current.pid})")
-    await processes.kill_tree(None, project.task_id(name))  # an older run's orphans
+    if run > 1:  # an older run's orphans (a first run has none to leave)
+        await processes.kill_tree(None, project.task_id(name))
     await project.assign_ports()
     port = project.port_of(name)
     if port is not None:
@@ -206,6 +216,8 @@ async def _spawn(
         env=project.task_env(name, marked=True),
         pipe=project.log_pipe(name, run),
     )
+    if not_before is not None:
+        await project.clock.sleep(max(0.0, not_before - project.clock.now()))
     pane = await project.spawn(spec)
     await project.ensure_hosted_monitor()
     return pane
@@ -275,18 +287,29 @@ async def stop(
         # The record first: when its lock is busy (TaskBusy) nothing has changed yet.
         if not ended:
             await change(project, name, lambda r: records.stop(r, cause=cause, kind=kind), notes)
-        if pane is not None and not ended:
-            try:
-                await project.backend.mark_stop(pane.pane_id, kind.value)
-            except TmuxError as exc:
-                log.debug("marking the stop of %s: %s", name, exc)
+        unmarked = pane is not None and not ended
+
+        async def mark() -> None:
+            nonlocal unmarked
+            if unmarked and pane is not None:
+                unmarked = False
+                try:
+                    await project.backend.mark_stop(pane.pane_id, kind.value)
+                except TmuxError as exc:
+                    log.debug("marking the stop of %s: %s", name, exc)
+
+        by_keys = alive and task.stop_signal == "SIGINT"
+        if not by_keys:
+            await mark()
         pane_pid = pane.pid if alive and pane is not None else None
 
         async def interrupt() -> None:
             if not alive or pane is None:
                 return
-            if task.stop_signal == "SIGINT":
-                await project.backend.interrupt(pane.pane_id)  # C-c, as a person would
+            if by_keys:
+                async with anyio.create_task_group() as group:  # one tmux call: mark, then C-c
+                    group.start_soon(mark)
+                    group.start_soon(project.backend.interrupt, pane.pane_id)  # as a person would
             elif pane.pid is not None:
                 with contextlib.suppress(OSError):
                     os.killpg(os.getpgid(pane.pid), signal.Signals[task.stop_signal])
@@ -310,6 +333,7 @@ async def stop(
             )  # fmt: skip
             if not asking:
                 group.cancel_scope.cancel()
+        await mark()  # when there was nothing to interrupt
         after = told[0] if told else await wait_dead(project, name) if alive else pane
         exit_record = None
         if alive and after is not None and after.dead:

@@ -1004,15 +1004,27 @@ class LogStore:
             before = page.cursor
         return kept[-n:] if n > 0 else []
 
+    def writer_pid(self, task: str, run: int) -> int | None:
+        """The pid of the log writer that last took run `run`'s log (None when another run's
+        or none did); read from its lock file, without testing the lock."""
+        pid, written = self._last_writer(task)
+        return pid if written == run and pid > 1 else None
+
     def _writer(self, task: str) -> tuple[bool | None, int, int]:
         """Whether the log's writer lock is held, and the pid and run its last holder wrote."""
-        lock = Path(str(self.path(task)) + ".lock")
-        held = is_locked(lock)
+        return (is_locked(self._writer_lock(task)), *self._last_writer(task))
+
+    def _writer_lock(self, task: str) -> Path:
+        """The file whose lock the log's writer holds for life."""
+        return Path(str(self.path(task)) + ".lock")
+
+    def _last_writer(self, task: str) -> tuple[int, int]:
+        """The pid and run the log's last writer wrote into its lock file ((0, 0) if none)."""
         try:
-            pid, run = lock.read_bytes()[:64].split()
-            return held, int(pid), int(run)
+            pid, run = self._writer_lock(task).read_bytes()[:64].split()
+            return int(pid), int(run)
         except (OSError, ValueError):
-            return held, 0, 0
+            return 0, 0
 
     async def drain_writer(self, task: str, run: int, *, timeout: float) -> bool:
         """Once run's pane is dead: wait until its log writer has started, been asked to finish

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import anyio
 import anyio.abc
 
 from . import lifecycle, readiness, records
-from .backend import Pane
+from .backend import Pane, Snapshot
 from .config import ProjectConfig, TaskConfig
 from .errors import StateWriteError, TaskBusy, TaskmuxError
 from .events import Cause, EventType
@@ -33,6 +33,7 @@ from .lifecycle import Notes, task_digest
 from .locks import FileLock
 from .models import Health
 from .policy import (
+    STABLE_AFTER_S,
     Action,
     Counters,
     Decision,
@@ -45,13 +46,16 @@ from .policy import (
 from .processes import PidWatch, describe_signal
 from .project import Project
 from .records import ExitRecord, Phase, Read, StopKind, TaskRecord, interrupted_by
-from .state import watch_file
+from .state import watch_file, watch_folder
 
 log = logging.getLogger("taskmux.monitor")
 
-POLL_S = 0.25
-SWEEP_S = 2.0
-IDLE_CHECK_POLLS = 10
+SWEEP_S = 30.0  # the safety sweep, for what announces itself to no one (tmux's odd states)
+IDLE_RECHECK_S = 5.0  # a monitor that ends when idle looks this often while no task runs
+BUSY_RETRY_S = 0.5  # a task someone else was acting on is looked at again this soon
+RESTART_LEAD_S = 0.1  # a restart takes its lock and scans this early; its process starts on time
+STANDBY_RETRY_S = 0.5  # a standby that saw no leader but could not lead tries again this soon
+STARTING_CHECK_S = 1.0  # a starting task's checks come at least this often
 CONFIG_DEBOUNCE_S = 0.3
 WRITER_GRACE_S = 2.0
 
@@ -72,15 +76,18 @@ class Need(StrEnum):
 class ConfigWatcher:
     """Notices changes of taskmux.toml (in place, by rename, delete + create) via watchdog."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wakeup: Callable[[], None] | None = None) -> None:
         self.path = path
         self.changed_at: float | None = None
         self._stop_watch: Callable[[], None] | None = None
         self._lock = threading.Lock()
+        self._wakeup = wakeup
 
     def _touch(self) -> None:
         with self._lock:
             self.changed_at = time.monotonic()
+        if self._wakeup is not None:
+            self._wakeup()
 
     def start(self) -> None:
         """Begin watching the config's folder."""
@@ -91,6 +98,11 @@ class ConfigWatcher:
         if self._stop_watch is not None:
             self._stop_watch()
             self._stop_watch = None
+
+    def settles_at(self) -> float | None:
+        """When a pending change will have been quiet for the debounce time (monotonic)."""
+        with self._lock:
+            return None if self.changed_at is None else self.changed_at + CONFIG_DEBOUNCE_S
 
     def settled(self) -> bool:
         """True once a change happened and the file has been quiet for the debounce time."""
@@ -134,6 +146,9 @@ class Monitor:
         self._applied: ProjectConfig = project.config
         self._invalid_config: str | None = None
         self._stop = anyio.Event()
+        self._sweep_now = True
+        self._writers: dict[str, int] = {}  # task -> pid of its run's log writer
+        self._replaced: set[int] = set()  # writers whose death was already dealt with
 
     def stop(self) -> None:
         """Ask the loop to end."""
@@ -143,10 +158,20 @@ class Monitor:
 
     async def run(self) -> None:
         """Lead when possible, stand by otherwise, until stopped (or idle, when asked)."""
-        watcher = ConfigWatcher(self.project.config_path) if self.watch_config else None
+        watcher = None
+        if self.watch_config:
+            watcher = ConfigWatcher(self.project.config_path, self._pids.wake)
+        stops: list[Callable[[], None]] = []
         if watcher is not None:
             with contextlib.suppress(OSError):
                 watcher.start()
+        with contextlib.suppress(OSError, RuntimeError):  # unwatched: the safety sweep finds it
+            self.project.paths.tasks.mkdir(parents=True, exist_ok=True)
+            stops.append(watch_folder(self.project.paths.tasks, self._pids.wake))
+            # A removed log folder: every running task needs a new writer.
+            stops.append(
+                watch_folder(self.project.paths.root, self._sweep_soon, name="logs", removals=True)
+            )
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._until_stopped, group.cancel_scope)
@@ -156,32 +181,74 @@ class Monitor:
             self.acting = False
             if watcher is not None:
                 watcher.stop()
+            for stop in stops:
+                stop()
             self._pids.close()
             self.lease.release()
 
     async def _loop(self, group: anyio.abc.TaskGroup, watcher: ConfigWatcher | None) -> None:
-        last_sweep = 0.0
-        polls = 0
+        """Each pass does what is due, then sleeps until something happens (a task's process
+        ends, a task record or the config changes) or the next thing falls due (a lease
+        renewal, a scheduled restart, a health check, the safety sweep)."""
+        last_sweep = time.monotonic()
         while True:
-            polls += 1
             try:
                 if self._take_lead():
                     now = time.monotonic()
-                    if now - last_sweep >= SWEEP_S or self._triggered():
+                    if self._sweep_now or now - last_sweep >= SWEEP_S or self._triggered():
+                        self._sweep_now = False
                         last_sweep = now
                         if await self.step(group) and self.exit_when_idle:
                             return
                     self._schedule_checks(group)
                     if watcher is not None and watcher.settled():
                         await self.reload_config()
-                elif self.exit_when_idle and polls % IDLE_CHECK_POLLS == 0 and await self._idle():
-                    return
-                # A standby watches nothing: what it knew is the leader's business now.
-                self._pids.watch(self._known_pids.values() if self.acting else ())
+                elif self.exit_when_idle and (
+                    self._records_changed() or time.monotonic() - last_sweep >= IDLE_RECHECK_S
+                ):
+                    last_sweep = time.monotonic()
+                    if await self._idle():
+                        return
+                self._pids.watch(self._watched())
             except Exception:
                 # Nothing a task, tmux or the config does may end the monitor.
                 log.exception("monitor pass failed; going on")
-            await self._pids.wait(POLL_S)  # an exit wakes it at once
+            await self._pids.wait(self._next_wake(last_sweep, watcher))
+
+    def _sweep_soon(self) -> None:
+        """Sweep at the next wake, and wake now (from any thread)."""
+        self._sweep_now = True
+        self._pids.wake()
+
+    def _watched(self) -> list[int]:
+        """The pids whose end wakes the loop: the tasks' while acting, else the leader's (so a
+        standby takes over the moment it dies). A standby watches no task: what it knew is the
+        leader's business now."""
+        if self.acting:
+            return [*self._known_pids.values(), *self._writers.values()]
+        holder = self.lease.holder()
+        return [holder[0]] if holder is not None and holder[0] is not None else []
+
+    def _next_wake(self, last_sweep: float, watcher: ConfigWatcher | None) -> float:
+        """Seconds until the next thing falls due."""
+        clock = self.project.clock
+        now, mono = clock.now(), time.monotonic()
+        waits = [last_sweep + SWEEP_S - mono] if self.acting else []
+        if self.exit_when_idle and not self.acting:
+            waits.append(last_sweep + IDLE_RECHECK_S - mono)
+        if self.acting:
+            renew = self.lease.renew_at()
+            waits += [renew - now] if renew is not None else []
+            waits += [self._due - now] if self._due is not None else []
+            check = self._next_check_at()
+            waits += [check - clock.monotonic()] if check is not None else []
+        else:
+            holder = self.lease.holder()
+            # Past the moment the leader's lease would go stale: a frozen leader is replaced.
+            waits.append(holder[1] - now + 0.01 if holder is not None else STANDBY_RETRY_S)
+        settles = watcher.settles_at() if watcher is not None else None
+        waits += [settles - mono] if settles is not None else []
+        return max(0.0, min(waits))
 
     def _take_lead(self) -> bool:
         try:
@@ -191,6 +258,7 @@ class Monitor:
             leading = False
         if leading and not self.acting:
             self.acting = True
+            self._sweep_now = True
             self.project.events.record(
                 EventType.MONITOR_STARTED, Cause.POLICY, None, pid=os.getpid(), host=self.host
             )
@@ -264,7 +332,11 @@ class Monitor:
                 await self._act(name, need)
             else:
                 group.start_soon(self._act, name, need)
-        return idle and not any(name in snap.panes for name in config.tasks)
+        self._learn_writers(snap.panes, reads, now)
+        windows = any(name in snap.panes for name in config.tasks)
+        if self.exit_when_idle and windows and not self._known_pids:
+            self._expect(now + IDLE_RECHECK_S)  # no task runs: its last window may go soon
+        return idle and not windows
 
     def _need(
         self, name: str, task: TaskConfig, read: Read, pane: Pane | None, now: float
@@ -276,10 +348,10 @@ class Monitor:
         if record.phase in (Phase.LAUNCHING, Phase.STOPPING):
             return Need.SETTLE
         if record.phase is Phase.BACKOFF:
-            if record.restart_at is not None and now >= record.restart_at:
+            if record.restart_at is not None and now >= record.restart_at - RESTART_LEAD_S:
                 return Need.RESTART
             if record.restart_at is not None:
-                self._expect(record.restart_at)
+                self._expect(record.restart_at - RESTART_LEAD_S)
             return None
         if pane is not None and not pane.dead:
             return self._need_alive(name, task, record, pane, now)
@@ -301,10 +373,12 @@ class Monitor:
         if record.phase is not Phase.UP:
             return None
         started = record.started_at or now
-        if not pane.piped or (
-            now - started > WRITER_GRACE_S and not self.project.logs.path(name).exists()
-        ):
+        if not pane.piped or self._writer_died(name):
             return Need.REPIPE
+        if not self.project.logs.path(name).exists():
+            if now - started > WRITER_GRACE_S:
+                return Need.REPIPE
+            self._expect(started + WRITER_GRACE_S + 0.01)  # its writer may still be starting
         stable = is_stable(
             alive=True,
             has_check=task.has_check(),
@@ -313,7 +387,32 @@ class Monitor:
             healthy_since=record.healthy_since,
             now=now,
         )
+        if record.restarts and not stable:
+            since = record.healthy_since if task.has_check() else record.started_at
+            if since is not None and since + STABLE_AFTER_S > now:
+                self._expect(since + STABLE_AFTER_S)
         return Need.STABLE if stable and record.restarts else None
+
+    def _learn_writers(
+        self, panes: Mapping[str, Pane], reads: Mapping[str, Read], now: float
+    ) -> None:
+        """Watch the log writer of each running task (its end wakes the loop); one still
+        starting is looked for again when its grace is over."""
+        self._writers = {}
+        for name in self._known_pids:
+            pane = panes[name]
+            pid = self.project.logs.writer_pid(name, pane.run) if pane.run is not None else None
+            started = reads[name].record.started_at
+            if pid is not None:
+                self._writers[name] = pid
+            elif pane.piped and started is not None and now < started + WRITER_GRACE_S:
+                self._expect(started + WRITER_GRACE_S)
+
+    def _writer_died(self, name: str) -> bool:
+        """Whether the log writer of the task's run ended (its pidfd said so; tmux notices
+        only when the task next writes) and no writer replaced it yet."""
+        pid = self._writers.get(name)
+        return pid is not None and pid not in self._replaced and self._pids.ended_ago(pid) > 0
 
     async def _act(self, name: str, need: Need) -> None:
         lock = self.project.task_lock(name, f"monitor: {need.value}")
@@ -323,14 +422,23 @@ class Monitor:
                     name, lambda r: records.stable(r, cause=Cause.POLICY)
                 )
                 return
-            if not lock.try_acquire() or not self.lease.leading():
+            if not lock.try_acquire():
+                # Someone acts on it: look again soon (their writes wake us too, but a face
+                # killed mid-action writes nothing more).
+                self._expect(self.project.clock.now() + BUSY_RETRY_S)
+                return
+            if not self.lease.leading():
                 return
             # Under the lock, look again: whoever held it before may have changed everything.
             read = self.project.records.read(name)
-            pane = (await self.project.backend.snapshot()).panes.get(name)
+            snap = await self.project.backend.snapshot()
+            pane = snap.panes.get(name)
             task = self.project.config.task(name)
             now = self.project.clock.now()
             if self._need(name, task, read, pane, now) is not need:
+                return
+            if need is Need.RESTART:
+                await self._restart(name, task, lock, not_before=read.record.restart_at, seen=snap)
                 return
             await self._handle(name, need, task, read.record, pane, lock)
         except (TaskmuxError, OSError) as exc:
@@ -340,6 +448,7 @@ class Monitor:
         finally:
             lock.release()
             self._busy.discard(name)
+            self._pids.wake()  # what it scheduled (a restart, a retry) counts for the next wait
 
     async def _handle(
         self,
@@ -354,8 +463,6 @@ class Monitor:
             await self._repair(name, pane)
         elif need in (Need.ENDED, Need.VANISHED):
             await self._ended(name, task, record, pane, lock)
-        elif need is Need.RESTART:
-            await self._restart(name, task, lock)
         elif need is Need.SETTLE:
             await self._settle(name, task, record, pane, lock)
         elif need is Need.ADOPT and pane is not None:
@@ -369,6 +476,9 @@ class Monitor:
         self, name: str, task: TaskConfig, record: TaskRecord, pane: Pane | None, lock: FileLock
     ) -> None:
         project = self.project
+        # A delay counts from when the end was seen (the kernel's notice), not from this pass.
+        ago = self._pids.ended_ago(pane.pid) if pane is not None and pane.pid else 0.0
+        now = project.clock.now() - min(ago, 1.0)
         self._handled[name] = record.run  # never twice, even when the record cannot be saved
         if pane is not None and pane.stop_mark == StopKind.MANUAL.value:
             await self._finish_unsaved_stop(name, pane)
@@ -402,10 +512,7 @@ class Monitor:
                 run=record.run,
             )
         decision = decide(task, _counters(record), observation)
-        exit = ExitRecord(
-            code=observation.exit_code, signal=observation.exit_signal, at=project.clock.now()
-        )
-        now = project.clock.now()
+        exit = ExitRecord(code=observation.exit_code, signal=observation.exit_signal, at=now)
         try:
             await project.records.change(
                 name,
@@ -419,7 +526,7 @@ class Monitor:
         if decision.action is Action.RESTART and decision.delay_s <= 0:
             await self._restart(name, task, lock)
         elif decision.action is Action.RESTART:
-            self._expect(now + decision.delay_s)
+            self._expect(now + decision.delay_s - RESTART_LEAD_S)
 
     async def _finish_unsaved_stop(self, name: str, pane: Pane, who: Cause = Cause.USER) -> None:
         """A manual stop whose record could not be saved (full or read-only state folder), or
@@ -451,7 +558,15 @@ class Monitor:
                 EventType.GAVE_UP, Cause.POLICY, name, reason=decision.reason
             )
 
-    async def _restart(self, name: str, task: TaskConfig, lock: FileLock) -> None:
+    async def _restart(
+        self,
+        name: str,
+        task: TaskConfig,
+        lock: FileLock,
+        *,
+        not_before: float | None = None,
+        seen: Snapshot | None = None,
+    ) -> None:
         decided: list[Decision] = []
 
         def on_failure(record: TaskRecord) -> Decision:
@@ -460,8 +575,9 @@ class Monitor:
 
         try:
             pane = await lifecycle.launch(
-                self.project, name, Cause.POLICY, lock=lock, automatic=True, on_failure=on_failure
-            )
+                self.project, name, Cause.POLICY, lock=lock, automatic=True,
+                on_failure=on_failure, not_before=not_before, seen=seen,
+            )  # fmt: skip
         except TaskmuxError as exc:
             if decided:
                 error = str(exc)
@@ -469,7 +585,7 @@ class Monitor:
                 self._announce(name, Decision(decision.action, f"{error}; {decision.reason}",
                                               decision.delay_s))  # fmt: skip
                 if decision.action is Action.RESTART:
-                    self._expect(self.project.clock.now() + decision.delay_s)
+                    self._expect(self.project.clock.now() + decision.delay_s - RESTART_LEAD_S)
             return
         if pane.pid:
             self._known_pids[name] = pane.pid
@@ -562,7 +678,10 @@ class Monitor:
 
     async def _repipe(self, name: str, pane: Pane) -> None:
         project = self.project
-        why = "its log writer died" if not pane.piped else "its log file was removed"
+        died = not pane.piped or self._writer_died(name)
+        if name in self._writers:
+            self._replaced.add(self._writers[name])  # its death is dealt with: never twice
+        why = "its log writer died" if died else "its log file was removed"
         run = pane.run or project.records.get(name).run
         await project.backend.repipe(pane.pane_id, project.log_pipe(name, run, resume=True))
         project.events.record(
@@ -579,6 +698,27 @@ class Monitor:
         for name in self._due_checks():
             group.start_soon(self._check, name)
 
+    def _next_check_at(self) -> float | None:
+        """When the next health check falls due (the clock's monotonic time)."""
+        due = [
+            self._next_check.get(name, 0.0)
+            for name, task in self.project.config.tasks.items()
+            if task.has_check() and name not in self._checking and name in self._known_pids
+        ]
+        return min(due, default=None)
+
+    def _check_interval(self, name: str, task: TaskConfig) -> float:
+        """A task's health interval; while it starts (not yet healthy, within its start
+        period) at most STARTING_CHECK_S, so that it is seen healthy soon after it is."""
+        record = self.project.records.get(name)
+        started = record.started_at
+        starting = started is not None and (
+            self.project.clock.now() - started < task.health_start_period
+        )
+        if starting and record.health is not Health.HEALTHY:
+            return min(task.health_interval, STARTING_CHECK_S)
+        return task.health_interval
+
     def _due_checks(self) -> list[str]:
         now = self.project.clock.monotonic()
         due = []
@@ -587,7 +727,7 @@ class Monitor:
                 continue
             if now < self._next_check.get(name, 0.0):
                 continue
-            self._next_check[name] = now + task.health_interval
+            self._next_check[name] = now + self._check_interval(name, task)
             self._checking.add(name)
             due.append(name)
         return due
@@ -607,6 +747,9 @@ class Monitor:
             before = record.health
             await readiness.check(self.project, name, record, cause=Cause.HEALTH)
             after = self.project.records.get(name)
+            if after.health is Health.HEALTHY and before is not Health.HEALTHY:
+                interval = self.project.config.task(name).health_interval  # started: its pace
+                self._next_check[name] = self.project.clock.monotonic() + interval
             if after.health is Health.UNHEALTHY and before is not Health.UNHEALTHY:
                 await self._unhealthy(name, after)
         except (TaskBusy, StateWriteError) as exc:
@@ -615,6 +758,7 @@ class Monitor:
             log.exception("health check of %s failed to run", name)
         finally:
             self._checking.discard(name)
+            self._pids.wake()  # its next check counts for the next wait
 
     async def _unhealthy(self, name: str, record: TaskRecord) -> None:
         task = self.project.config.task(name)
@@ -641,7 +785,7 @@ class Monitor:
                 failed=None if restart else decision.reason,
             )
             if restart:
-                self._expect(now + decision.delay_s)
+                self._expect(now + decision.delay_s - RESTART_LEAD_S)
         finally:
             lock.release()
 

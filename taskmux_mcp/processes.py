@@ -19,6 +19,7 @@ import functools
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -693,31 +694,51 @@ async def reclaim_port(
 
 
 class PidWatch:
-    """Wakes when any watched process ends, from the kernel (pidfds in one epoll); where
-    pidfds or epoll are missing (macOS, a seccomp profile, no fds left) it checks those pids
-    at each wait's end instead."""
+    """Wakes when any watched process ends, from the kernel (pidfds in one epoll), or when
+    woken from any thread (`wake`); where pidfds or epoll are missing (macOS, a seccomp
+    profile, no fds left) it checks those pids every `POLL_S` instead."""
 
     RECHECK_S = 0.01
     RECHECKS = 5  # an ended pid still listed (tmux has not said so yet) is news this often
+    POLL_S = 0.25  # pids without a pidfd, and wakes without an epoll, are checked this often
 
     def __init__(self) -> None:
         self._poller: select.epoll | None = None
+        self._bell: int | None = None  # an eventfd in the epoll: `wake` rings it
+        self._bell_lock = threading.Lock()
+        self._rung = False  # `wake` without an epoll
         self._fds: dict[int, int] = {}  # pid -> pidfd
         self._polled: set[int] = set()  # pids watched without a pidfd
         self._ended: dict[int, int] = {}  # pid -> times it was news
+        self._ended_at: dict[int, float] = {}  # pid -> when its end was seen (monotonic)
         self._news = False
 
     def _epoll(self) -> select.epoll | None:
         if self._poller is None and hasattr(select, "epoll"):
             with contextlib.suppress(OSError):
                 self._poller = select.epoll()
+                with contextlib.suppress(OSError, AttributeError):
+                    bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                    self._poller.register(bell, select.EPOLLIN)
+                    with self._bell_lock:
+                        self._bell = bell
         return self._poller
+
+    def wake(self) -> None:
+        """End the current (or next) wait early; safe from any thread."""
+        with self._bell_lock:
+            if self._bell is None:
+                self._rung = True
+                return
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self._bell, 1)
 
     def watch(self, pids: Iterable[int]) -> None:
         """Watch exactly these pids from now on."""
         wanted = set(pids)
         self._collect()
         self._ended = {pid: n for pid, n in self._ended.items() if pid in wanted}
+        self._ended_at = {pid: t for pid, t in self._ended_at.items() if pid in wanted}
         self._polled &= wanted
         for pid in [p for p in self._fds if p not in wanted]:
             self._forget(pid)
@@ -737,6 +758,7 @@ class PidWatch:
             fd = os.pidfd_open(pid)
         except ProcessLookupError:
             self._ended[pid] = 1  # ended before we looked
+            self._ended_at[pid] = time.monotonic()
             self._news = True
             return
         except OSError:
@@ -752,17 +774,30 @@ class PidWatch:
         os.close(fd)
 
     def _collect(self) -> None:
-        """Move the pids that ended out of the watch (a pidfd stays readable)."""
+        """Move the pids that ended out of the watch (a pidfd stays readable), and note a
+        ring of the bell for the next wait."""
         by_fd = {fd: pid for pid, fd in self._fds.items()}
-        ready = self._poller.poll(0) if self._poller is not None and by_fd else []
+        ready = self._poller.poll(0) if self._poller is not None else []
         for fd, _ in ready:
+            if fd not in by_fd:
+                with contextlib.suppress(OSError):
+                    os.eventfd_read(fd)  # the bell: read, so that it can ring again
+                self._rung = True
+                continue
             self._forget(by_fd[fd])
             self._ended[by_fd[fd]] = 1
+            self._ended_at[by_fd[fd]] = time.monotonic()
             self._news = True
         for pid in [p for p in self._polled if not is_running(p)]:
             self._polled.discard(pid)
             self._ended[pid] = 1
+            self._ended_at[pid] = time.monotonic()
             self._news = True
+
+    def ended_ago(self, pid: int) -> float:
+        """Seconds since the watch saw that pid end (0 when it did not)."""
+        seen = self._ended_at.get(pid)
+        return 0.0 if seen is None else max(0.0, time.monotonic() - seen)
 
     def ended(self) -> bool:
         """Whether a watched process ended since the last call (does not wait)."""
@@ -771,23 +806,30 @@ class PidWatch:
         return news
 
     async def wait(self, timeout: float) -> bool:
-        """Until a watched process ends (True) or the timeout passes (False)."""
+        """Until a watched process ends (True), or it is woken or the timeout passes (False)."""
         if self._news:
             await anyio.sleep(self.RECHECK_S)
             return True
-        poller = self._poller if self._fds else None
-        if poller is None:
-            await anyio.sleep(timeout)
-            return False
-        with anyio.move_on_after(timeout):
-            await anyio.wait_readable(poller.fileno())
-            return True
-        return False
+        poller = self._epoll()
+        deadline = time.monotonic() + (min(timeout, self.POLL_S) if self._polled else timeout)
+        if poller is None or self._bell is None:
+            while not self._rung and time.monotonic() < deadline:
+                await anyio.sleep(min(self.POLL_S, max(0.0, deadline - time.monotonic())))
+        elif not self._rung:
+            with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+                await anyio.wait_readable(poller.fileno())
+            self._collect()
+        self._rung = False
+        return self._news
 
     def close(self) -> None:
         """Let go of every pidfd."""
         for pid in list(self._fds):
             self._forget(pid)
+        with self._bell_lock:
+            if self._bell is not None:
+                os.close(self._bell)
+                self._bell = None
         if self._poller is not None:
             self._poller.close()
             self._poller = None

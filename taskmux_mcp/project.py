@@ -116,6 +116,7 @@ class Project:
         self.host = host
         self.cause = cause
         self.clock = clock
+        self._hosted_seen = False  # the hosted monitor ran at the last launch's snapshot
         self._environ = dict(os.environ if environ is None else environ)
         self.hosted_monitor = (
             hosted_monitor_wanted(self._environ) if hosted_monitor is None else hosted_monitor
@@ -368,6 +369,7 @@ class Project:
             with contextlib.suppress(OSError):  # a read-only state folder: go unguarded
                 await guard.acquire(SPAWN_WAIT_S, task=first)
             snapshot = await self.backend.snapshot()
+            self._hosted_seen = snapshot.alive(MONITOR_WINDOW) is not None
             return await anyio.to_thread.run_sync(
                 lambda: self.backend.launch_many_sync(specs, snapshot)
             )
@@ -378,8 +380,8 @@ class Project:
 
     async def ensure_hosted_monitor(self) -> None:
         """Keep a monitor in the project's own session, so policies outlive the agent."""
-        if not self.hosted_monitor:
-            return
+        if not self.hosted_monitor or self._hosted_seen:
+            return  # the snapshot taken for the launch just before showed it running
         guard = FileLock(self.paths.locks / "hosted-monitor.lock", "starting the hosted monitor")
         try:
             if not guard.try_acquire():
@@ -667,7 +669,7 @@ class Project:
                 action = "started"
                 try:
                     pane = await lifecycle.launch(
-                        self, name, cause, lock=lock, notes=notes, force_port=force_port
+                        self, name, cause, lock=lock, notes=notes, force_port=force_port, seen=snap
                     )
                 except TaskmuxError as exc:
                     return self._failure(

@@ -23,7 +23,18 @@ if TYPE_CHECKING:
 
 SETTLE_S = 1.0
 READY_POLL_S = 0.2
+FIRST_PROBES_MIN_S = 0.01
+PROBE_SHARE = 4  # within the start period, a start's next probe waits 4x what the last took
 LOG_TAIL_LINES = 15
+
+
+def probe_pause(probe_s: float, alive_for: float, start_period: float) -> float:
+    """The wait before a start's next probe: within the task's start period, when it is
+    expected to become ready, four times what the last probe took (10 ms at least, so probes
+    take at most a fifth of the time), READY_POLL_S at most and after it."""
+    if alive_for >= start_period:
+        return READY_POLL_S
+    return min(READY_POLL_S, max(FIRST_PROBES_MIN_S, PROBE_SHARE * probe_s))
 
 
 def is_one_shot(project: Project, name: str) -> bool:
@@ -179,8 +190,11 @@ async def await_ready(
                 duration_s=elapsed,
             )
         alive_for = project.clock.now() - (record.started_at or project.clock.now())
+        pause = READY_POLL_S
         if task.has_check() and not finish:
+            probed = time.monotonic()
             last_check = await check(project, name, record, cause=None)
+            pause = probe_pause(time.monotonic() - probed, alive_for, task.health_start_period)
             record = project.records.get(name)
             if record.health is Health.HEALTHY:
                 return _result(project, name, pane, action, True, elapsed)
@@ -189,13 +203,15 @@ async def await_ready(
                 return _result(project, name, pane, "not_ready", False, elapsed, why, last_check)
         elif not finish and alive_for >= SETTLE_S:
             return _result(project, name, pane, action, True, elapsed)
+        elif not finish:
+            pause = min(READY_POLL_S, SETTLE_S - alive_for)  # the last pause ends as it settles
         if time.monotonic() >= deadline:
             what = (
                 "to finish" if finish else "to become healthy" if task.has_check() else "to settle"
             )
             why = f"timed out waiting {what}"
             return _result(project, name, pane, "not_ready", False, elapsed, why, last_check)
-        await anyio.sleep(min(READY_POLL_S, max(0.0, deadline - time.monotonic())))
+        await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
 
 
 def _result(

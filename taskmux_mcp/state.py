@@ -141,21 +141,38 @@ CHANGE_EVENTS = frozenset({"modified", "created", "moved", "deleted", "closed"})
 def watch_file(path: Path, changed: Callable[[], None]) -> Callable[[], None]:
     """Call `changed` (from a watchdog thread) whenever the file is written, replaced, created
     or deleted; returns what stops the watch. OSError when its folder cannot be watched."""
-    from watchdog.events import FileSystemEvent, FileSystemEventHandler
+    return watch_folder(path.parent, changed, name=path.name)
+
+
+def watch_folder(
+    folder: Path, changed: Callable[[], None], *, name: str | None = None, removals: bool = False
+) -> Callable[[], None]:
+    """Call `changed` (from a watchdog thread) whenever an entry of the folder (or only the
+    one called `name`) is written, replaced, created or deleted (removals: only removed or
+    renamed away); returns what stops the watch. Reads (opens, closes without writing,
+    listings) are not even asked of the kernel, so they wake no one. OSError when the folder
+    cannot be watched."""
+    from watchdog import events
     from watchdog.observers import Observer
 
-    name = path.name
-
-    class Handler(FileSystemEventHandler):
-        def on_any_event(self, event: FileSystemEvent) -> None:
+    class Handler(events.FileSystemEventHandler):
+        def on_any_event(self, event: events.FileSystemEvent) -> None:
             if event.event_type not in CHANGE_EVENTS:
-                return  # reads of the file (opened, closed without writing) change nothing
+                return
             paths = [event.src_path, getattr(event, "dest_path", "")]
-            if any(os.path.basename(str(p)) == name for p in paths if p):
+            if name is None or any(os.path.basename(str(p)) == name for p in paths if p):
                 changed()
 
+    kinds: list[type[events.FileSystemEvent]] = [
+        events.FileModifiedEvent, events.FileCreatedEvent, events.FileMovedEvent,
+        events.FileDeletedEvent, events.FileClosedEvent, events.DirCreatedEvent,
+        events.DirMovedEvent, events.DirDeletedEvent,
+    ]  # fmt: skip
+    if removals:
+        kinds = [events.FileDeletedEvent, events.DirDeletedEvent, events.FileMovedEvent,
+                 events.DirMovedEvent]  # fmt: skip
     observer = Observer()
-    observer.schedule(Handler(), str(path.parent), recursive=False)
+    observer.schedule(Handler(), str(folder), recursive=False, event_filter=kinds)
     observer.daemon = True
     observer.start()
     return observer.stop

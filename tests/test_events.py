@@ -193,6 +193,7 @@ async def test_other_processes_events_wake_subscribers_without_polling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(events, "_POLL", 120.0)  # only the file watch can deliver in time
+    monkeypatch.setattr(events, "_WATCHED_POLL", 120.0)
     path = tmp_path / "events.jsonl"
     log = EventLog(path)
     log.record(EventType.MONITOR_STARTED, Cause.POLICY)

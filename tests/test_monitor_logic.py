@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import anyio
 import pytest
 from support import FakeClock, Workspace, events_of, status_of, wait_until
 
+from taskmux_mcp.lease import LEASE_TTL_S, RENEW_S
 from taskmux_mcp.models import Health, TaskState
-from taskmux_mcp.monitor import Monitor
+from taskmux_mcp.monitor import RESTART_LEAD_S, STARTING_CHECK_S, SWEEP_S, Monitor
 from taskmux_mcp.project import Project as Facade
 from taskmux_mcp.records import Phase
 
@@ -91,12 +93,16 @@ def test_backoff_schedules_each_restart_at_its_time_then_gives_up(
         record = facade.records.get("crash")
         assert record.phase is Phase.BACKOFF and record.run == attempt
         assert status_of(facade, "crash").state is TaskState.RESTARTING
-        tick(clock, monitor, delay - 0.01)
+        restart_at = record.restart_at
+        assert restart_at is not None
+        tick(clock, monitor, delay - RESTART_LEAD_S - 0.01)
         step(monitor)
         assert facade.records.get("crash").run == attempt, "restarted before its delay"
-        tick(clock, monitor, 0.02)
+        tick(clock, monitor, 0.02)  # its lead: locked and prepared, spawned at its time
         step(monitor)
-        assert facade.records.get("crash").run == attempt + 1
+        record = facade.records.get("crash")
+        assert record.run == attempt + 1
+        assert clock.now() >= restart_at and (record.started_at or 0) >= restart_at
     crash_and_step(facade, monitor, "crash")
     record = facade.records.get("crash")
     assert record.phase is Phase.FAILED and "max_restarts = 3" in (record.failed or "")
@@ -411,3 +417,90 @@ def test_a_missing_cwd_backs_off_without_spawning(
     assert "does not exist" in str(events_of(facade, "gave_up", "app")[0]["reason"])
     pane = facade.backend.snapshot_sync().panes["app"]
     assert pane.run == 1, "a spawn was attempted without its cwd"
+
+
+def test_the_loop_sleeps_until_the_next_thing_falls_due(
+    project: Workspace, fresh: object, clock: FakeClock
+) -> None:
+    project.write(
+        """
+        [tasks.crash]
+        command = "sleep 0.1; exit 1"
+        restart_backoff = 2.0
+        """
+    )
+    facade, monitor = fresh()  # type: ignore[operator]
+    monitor.acting = True
+    swept = time.monotonic()
+    assert monitor._next_wake(swept, None) == pytest.approx(RENEW_S, abs=0.05)  # renewal only
+    anyio.run(lambda: facade.start(wait=False))
+    crash_and_step(facade, monitor, "crash")  # restart due in 1 s
+    clock.advance(0.7)
+    assert monitor.lease.leading()  # not yet renewed: due 1 s after the claim
+    assert monitor._next_wake(swept, None) == pytest.approx(0.3 - RESTART_LEAD_S, abs=0.05)
+    clock.advance(0.31)
+    assert monitor.lease.leading()  # renewed now: the restart is the next thing due
+    assert monitor._next_wake(swept, None) == pytest.approx(0.0, abs=0.05)
+    assert monitor._next_wake(swept - SWEEP_S, None) == 0.0  # the safety sweep is due
+
+
+def test_a_standby_sleeps_until_the_leaders_lease_would_go_stale(
+    project: Workspace, clock: FakeClock
+) -> None:
+    project.write(
+        """
+        [tasks.idle]
+        command = "sleep 1000"
+        """
+    )
+    facade = project.open(clock=clock)
+    leader = Monitor(facade, host="first", watch_config=False)
+    standby = Monitor(facade, host="second", watch_config=False)
+    try:
+        assert leader.lease.try_lead() and not standby.lease.try_lead()
+        assert standby._watched() == [os.getpid()]  # the leader's pid: its end wakes the standby
+        clock.advance(1.0)
+        assert standby._next_wake(time.monotonic(), None) == pytest.approx(2.0, abs=0.05)
+        assert leader.lease.leading()  # renews
+        assert not standby.lease.try_lead()
+        assert standby._next_wake(time.monotonic(), None) == pytest.approx(LEASE_TTL_S, abs=0.05)
+        clock.advance(LEASE_TTL_S + 0.02)  # the leader froze: the standby's wake finds it stale
+        assert standby.lease.try_lead()
+    finally:
+        leader.lease.release()
+        standby.lease.release()
+
+
+def test_a_starting_tasks_checks_come_every_second_until_it_is_healthy(
+    project: Workspace, fresh: object, clock: FakeClock
+) -> None:
+    flag = project.root / "ready"
+    project.write(
+        f"""
+        [tasks.api]
+        command = "sleep 100000"
+        health_check = "test -e {flag}"
+        health_interval = 10
+        health_start_period = 30
+        """
+    )
+    facade, monitor = fresh()  # type: ignore[operator]
+    anyio.run(lambda: facade.start(wait=False))
+    step(monitor)  # learns the pid
+    anyio.run(monitor.check_due)  # t = 0: the first check, at once
+    for expected in (2, 3):  # still starting: one check a second, not one per 10 s
+        tick(clock, monitor, STARTING_CHECK_S)
+        anyio.run(monitor.check_due)
+        assert len(facade.records.get("api").checks) == expected
+    flag.touch()
+    tick(clock, monitor, STARTING_CHECK_S)
+    anyio.run(monitor.check_due)
+    assert facade.records.get("api").health is Health.HEALTHY
+    checks = len(facade.records.get("api").checks)
+    for _ in range(5):  # healthy: back to its interval
+        tick(clock, monitor, 1.5)
+        anyio.run(monitor.check_due)
+    assert len(facade.records.get("api").checks) == checks
+    tick(clock, monitor, 3)
+    anyio.run(monitor.check_due)
+    assert len(facade.records.get("api").checks) == checks + 1

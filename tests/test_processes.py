@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -523,6 +524,7 @@ def test_pid_watch_wakes_on_an_exit_from_the_kernel() -> None:
             return time.monotonic() - began
 
         assert anyio.run(kill_then_wait) < 1.0
+        assert 0 < watch.ended_ago(pids[1]) < 10 and watch.ended_ago(pids[0]) == 0
         assert watch.ended() and not watch.ended()  # news once
         watch.watch(pids)  # still listed (tmux has not said so yet): news again, soon
         assert watch.ended()
@@ -557,11 +559,33 @@ def test_pid_watch_falls_back_to_checking_pids_without_pidfds(
         assert not watch.ended()  # refused is not ended
         child.kill()
         child.wait()
-        assert anyio.run(watch.wait, 0.05) is False  # nothing to wait on: the timeout...
-        assert watch.ended()  # ...then the pid is checked
+        began = time.monotonic()
+        assert anyio.run(watch.wait, 60) is True  # checked every POLL_S, not at the timeout
+        assert time.monotonic() - began < 30
+        assert watch.ended()
         assert not watch.ended()
     finally:
         watch.close()
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_pid_watch_is_woken_from_another_thread() -> None:
+    watch = PidWatch()
+    try:
+
+        async def woken_during_a_long_wait() -> bool:
+            began = time.monotonic()
+            threading.Timer(0.1, watch.wake).start()
+            assert await watch.wait(60) is False  # woken: no process ended
+            return time.monotonic() - began < 30
+
+        assert anyio.run(woken_during_a_long_wait)
+        watch.wake()  # rung before the wait (during a pass): the next wait returns at once
+        watch.watch([])  # looking at the watch meanwhile does not swallow the ring
+        began = time.monotonic()
+        assert anyio.run(watch.wait, 60) is False
+        assert time.monotonic() - began < 30
+    finally:
+        watch.close()
