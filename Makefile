@@ -17,7 +17,7 @@ $(BIN)/taskmux: pyproject.toml
 	@touch $@
 
 $(VENV)/.test-tools: $(BIN)/taskmux
-	@echo "installing the test tools into $(VENV): pytest, ruff, mypy, hypothesis…"
+	@echo "installing the test tools into $(VENV): pytest, ruff, mypy, hypothesis, selenium…"
 	@$(PIP) install -e '.[test]'
 	@touch $@
 
