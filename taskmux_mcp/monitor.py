@@ -400,7 +400,9 @@ class Monitor:
         starting is looked for again when its grace is over."""
         self._writers = {}
         for name in self._known_pids:
-            pane = panes[name]
+            pane = panes.get(name)  # a restart awaited in this pass made a window it did not see
+            if pane is None or name not in reads:
+                continue
             pid = self.project.logs.writer_pid(name, pane.run) if pane.run is not None else None
             started = reads[name].record.started_at
             if pid is not None:

@@ -504,3 +504,26 @@ def test_a_starting_tasks_checks_come_every_second_until_it_is_healthy(
     tick(clock, monitor, 3)
     anyio.run(monitor.check_due)
     assert len(facade.records.get("api").checks) == checks + 1
+
+
+def test_a_pass_that_brings_back_a_vanished_task_learns_its_new_window(
+    project: Workspace, fresh: object, clock: FakeClock
+) -> None:
+    project.write(
+        """
+        [tasks.api]
+        command = "sleep 1000"
+        restart_backoff = 0
+        stop_grace_period = 0.5
+        """
+    )
+    facade, monitor = fresh()  # type: ignore[operator]
+    assert anyio.run(lambda: facade.start(wait=False)).ok
+    step(monitor)
+    project.server.kill()
+    for pid in project.task_pids():
+        os.kill(pid, signal.SIGKILL)
+    step(monitor)  # the restart runs inside this pass: its window is not in the pass's snapshot
+    pane = facade.backend.snapshot_sync().panes.get("api")
+    assert pane is not None and not pane.dead
+    assert monitor._known_pids.get("api") == pane.pid
