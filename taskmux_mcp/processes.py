@@ -285,6 +285,18 @@ def _proc_stat(pid: int) -> _Row | None:
                  fields[0].decode())  # fmt: skip
 
 
+def zombie_status(pid: int, parent: int) -> int | None:
+    """The wait status of pid when it has ended but its parent has not reaped it yet (Linux's
+    /proc/PID/stat keeps it for a zombie); None otherwise."""
+    stat = _read_proc(pid, "stat")
+    if stat is None:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if len(fields) < 50 or fields[0] != b"Z" or int(fields[1]) != parent:
+        return None
+    return int(fields[49])
+
+
 def _read_proc(pid: int, name: str) -> bytes | None:
     """/proc/PID/name, read with bare syscalls (a scan reads thousands); None when gone."""
     try:

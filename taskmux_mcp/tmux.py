@@ -25,7 +25,7 @@ import anyio
 from .backend import Launch, Pane, Snapshot, launch_script
 from .coalesce import Batched, Coalesced
 from .errors import TmuxError
-from .processes import is_running
+from .processes import is_running, zombie_status
 from .state import write_atomic
 
 if TYPE_CHECKING:
@@ -129,29 +129,33 @@ class TmuxBackend:
         return self._snapshots.get()
 
     def _read_snapshot(self) -> Snapshot:
-        snapshot, unreaped, server_pid = self._list_panes()
+        snapshot, (unreaped, unresolved), server_pid = self._list_panes()
         if unreaped and server_pid:
             # tmux 3.3 can miss a SIGCHLD when panes die together, leaving a zombie whose
-            # status it never reads; another SIGCHLD makes it reap, then ask again.
+            # status it never reads; another SIGCHLD makes it reap. A pane's end read from
+            # its zombie needs no second look.
             with contextlib.suppress(OSError):
                 os.kill(server_pid, signal.SIGCHLD)
-                time.sleep(0.02)
-                snapshot, _, _ = self._list_panes()
+                if unresolved:
+                    time.sleep(0.02)
+                    snapshot, _, _ = self._list_panes()
         return snapshot
 
-    def _list_panes(self) -> tuple[Snapshot, bool, int | None]:
+    def _list_panes(self) -> tuple[Snapshot, tuple[bool, bool], int | None]:
+        """The snapshot, whether tmux has yet to reap a dead pane's process (and whether the
+        end of one could not be read from its zombie), and the tmux server's pid."""
         status, lines, message = self._call(["list-panes", "-a", "-F", _FORMAT])
         if status != 0:
             if _NO_SERVER.search(message) or not message:
-                return Snapshot(server_running=False, session=None), False, None
+                return Snapshot(server_running=False, session=None), (False, False), None
             if _NO_SESSIONS.search(message):
-                return Snapshot(server_running=True, session=None), False, None
+                return Snapshot(server_running=True, session=None), (False, False), None
             raise TmuxError(f"tmux list-panes failed: {message}")
         panes: dict[str, Pane] = {}
         ours: str | None = None
         in_use: set[str] = set()
         owners: dict[str, str] = {}
-        unreaped = False
+        unreaped = unresolved = False
         server_pid: int | None = None
         for line in lines:
             parts = line.split(_SEP)
@@ -169,12 +173,24 @@ class TmuxBackend:
             if not task or task in panes:
                 continue
             pid = _int(row["pane_pid"])
+            exit_status, exit_signal = _int(row["pane_dead_status"]), _int(row["pane_dead_signal"])
+            dead_time: float | None = _int(row["pane_dead_time"])
             known_end = row["pane_dead_status"] != "" or row["pane_dead_signal"] != ""
+            if row["pane_dead"] == "1" and not known_end:
+                # tmux saw the pty close before it reaped the process (it soon will)
+                wait_status = zombie_status(pid, server_pid) if pid and server_pid else None
+                unreaped = True
+                if wait_status is None:
+                    unresolved = True
+                else:
+                    known_end, dead_time = True, time.time()
+                    if os.WIFEXITED(wait_status):
+                        exit_status = os.WEXITSTATUS(wait_status)
+                    if os.WIFSIGNALED(wait_status):
+                        exit_signal = os.WTERMSIG(wait_status)
             # A pane is dead once its pty closed, but its process may still run (it closed
             # the terminal) or wait to be reaped: it has ended only when tmux knows how.
             dead = row["pane_dead"] == "1" and (known_end or not is_running(pid))
-            unreaped = unreaped or (row["pane_dead"] == "1" and not known_end)
-            dead_time = _int(row["pane_dead_time"])
             panes[task] = Pane(
                 task=task,
                 session=session,
@@ -182,9 +198,9 @@ class TmuxBackend:
                 pane_id=row["pane_id"],
                 pid=pid,
                 dead=dead,
-                exit_status=_int(row["pane_dead_status"]),
-                exit_signal=_int(row["pane_dead_signal"]),
-                dead_time=float(dead_time) if dead_time is not None else None,
+                exit_status=exit_status,
+                exit_signal=exit_signal,
+                dead_time=dead_time,
                 run=_int(row[RUN_OPTION]),
                 stop_mark=row[STOP_OPTION] or None,
                 piped=row["pane_pipe"] == "1",
@@ -200,7 +216,7 @@ class TmuxBackend:
             sessions_in_use=frozenset(in_use),
             foreign_owner=foreign,
         )
-        return snapshot, unreaped, server_pid
+        return snapshot, (unreaped, unresolved), server_pid
 
     async def snapshot(self) -> Snapshot:
         """Async form of snapshot_sync (its waiters hold no worker thread)."""

@@ -33,6 +33,7 @@ from taskmux_mcp.processes import (
     signal_all,
     stop_tree,
     task_processes,
+    zombie_status,
 )
 
 RUN_MARKER = "TASKMUX_TEST_RUN"
@@ -362,6 +363,43 @@ def test_describe_signal() -> None:
     assert describe_signal(9) == "SIGKILL"
     assert describe_signal(None) is None
     assert describe_signal(999) == "signal 999"
+
+
+def _until_zombie(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, f"{pid} did not end"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize(
+    ("argv", "signal_", "code"),
+    [(["sleep", "100"], signal.SIGKILL, None), (["sh", "-c", "exit 3"], None, 3)],
+)
+def test_zombie_status_reads_an_unreaped_end(
+    argv: list[str], signal_: signal.Signals | None, code: int | None
+) -> None:
+    child = subprocess.Popen(argv)
+    try:
+        if signal_ is not None:
+            assert zombie_status(child.pid, os.getpid()) is None  # still running
+            child.send_signal(signal_)
+        _until_zombie(child.pid)
+        status = zombie_status(child.pid, os.getpid())
+        assert status is not None
+        assert zombie_status(child.pid, os.getppid()) is None  # another parent's: a reused pid
+        if signal_ is not None:
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal_
+        else:
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == code
+    finally:
+        child.kill()
+        child.wait()
+    assert zombie_status(child.pid, os.getpid()) is None  # reaped: nothing to read
+
+
+def test_zombie_status_of_a_live_process_is_none() -> None:
+    assert zombie_status(os.getpid(), os.getppid()) is None
 
 
 LISTENER = """
