@@ -1,7 +1,5 @@
 """`python -m taskmux_mcp` runs the companion CLI."""
 
-import sys
+from .control import main
 
-from .cli import main
-
-sys.exit(main())
+main()

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import io
 import json
+import logging
 import os
 import shlex
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -38,10 +41,13 @@ from .models import (
 from .operations import OPERATIONS, Call, Kind, Operation, perform
 from .project import Project
 from .redaction import NO_SECRETS
+from .state import discover_config, state_root
 from .wording import counted
 
 if TYPE_CHECKING:
     from .project import ProjectSlot
+
+log = logging.getLogger("taskmux.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MCP_CLIENTS = ("claude", "codex", "cursor", "opencode", "gemini", "vscode", "windsurf", "zed")
@@ -80,9 +86,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def tmux_socket(args: argparse.Namespace) -> str | None:
+def tmux_socket(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> str | None:
     """The named tmux server to use, from --tmux-socket or $TASKMUX_TMUX_SOCKET."""
-    value = getattr(args, "tmux_socket", None) or os.environ.get("TASKMUX_TMUX_SOCKET")
+    value = getattr(args, "tmux_socket", None) or environ.get("TASKMUX_TMUX_SOCKET")
     return value or None
 
 
@@ -99,19 +105,19 @@ def open_project(args: argparse.Namespace, cause: Cause = Cause.USER, host: str 
 
 def load_project(args: argparse.Namespace) -> configuration.ProjectConfig:
     """Find and load the project's taskmux.toml from the global options (strictly)."""
-    path = configuration.discover_config(
+    path = discover_config(
         project=getattr(args, "project", None), config=getattr(args, "config", None)
     )
     return configuration.load_config(path)
 
 
+def _rendered(args: argparse.Namespace, model: BaseModel, human: Callable[[Any], str]) -> str:
+    text = model.model_dump_json(indent=2) if args.json else human(model)
+    return f"{text}\n" if text else ""
+
+
 def _emit(args: argparse.Namespace, model: BaseModel, human: Callable[[Any], str]) -> None:
-    if args.json:
-        print(model.model_dump_json(indent=2))
-    else:
-        text = human(model)
-        if text:
-            print(text)
+    sys.stdout.write(_rendered(args, model, human))
 
 
 def _progress(args: argparse.Namespace) -> Callable[[str], Awaitable[None]] | None:
@@ -317,14 +323,14 @@ def format_inspect(result: InspectResult) -> str:
     return json.dumps(data, indent=2)
 
 
-def _config_warning(project: Project) -> None:
-    if project.config_error is not None:
-        print(
-            f"taskmux: warning: {project.config_error}\n"
-            "  (showing and stopping tasks with the last valid config; fix taskmux.toml to "
-            "start them)",
-            file=sys.stderr,
-        )
+def _config_warning(project: Project) -> str:
+    if project.config_error is None:
+        return ""
+    return (
+        f"taskmux: warning: {project.config_error}\n"
+        "  (showing and stopping tasks with the last valid config; fix taskmux.toml to "
+        "start them)\n"
+    )
 
 
 # ------------------------------------------------------------------ operation commands
@@ -374,26 +380,83 @@ def cmd_operation(args: argparse.Namespace) -> int:
         _emit(args, every, format_projects)
         return EXIT_OK
     project = open_project(args)
-    _config_warning(project)
+    sys.stderr.write(_config_warning(project))
     if op.name == "logs":
         return _logs(project, args)
-    shown = NO_SECRETS if getattr(args, "raw", False) else project.redactor()
+    result: BaseModel
     if op.name == "status":
-        status = project.status_sync(op.bind(raw)["tasks"])  # no event loop: quick
-        result: BaseModel = shown.model(status)
+        shown = NO_SECRETS if getattr(args, "raw", False) else project.redactor()
+        result = shown.model(project.status_sync(op.bind(raw)["tasks"]))  # no event loop: quick
     else:
-        call = Call(cause=Cause.USER, progress=_progress(args), raw=getattr(args, "raw", False))
-
-        async def go() -> BaseModel:
-            return await perform(project, op.name, raw, call)
-
-        result = anyio.run(go)
+        result = anyio.run(_perform, project, args, _progress(args))
     _emit(args, result, FORMATS[op.name](args))
     if op.name == "start" and args.monitor:
         from .monitor import run_monitor_foreground
 
         return run_monitor_foreground(project, host="cli")
     return _exit_for(result)
+
+
+async def _perform(
+    project: Project, args: argparse.Namespace, progress: Callable[[str], Awaitable[None]] | None
+) -> BaseModel:
+    op: Operation = args.operation
+    call = Call(cause=Cause.USER, progress=progress, raw=getattr(args, "raw", False))
+    return await perform(project, op.name, _raw(op, args), call)
+
+
+async def answer_command(
+    project: Project, argv: Sequence[str], cwd: Path, environ: Mapping[str, str]
+) -> tuple[str, str, int] | str:
+    """What `taskmux ARGV`, run in cwd with environ, prints (stdout, stderr) and returns,
+    carried out by this process (the leading monitor); or why the caller must run it itself."""
+    with contextlib.redirect_stderr(io.StringIO()):  # a parse error prints its usage
+        try:
+            args = _parse(_answering_parser(), argv)
+        except (UsageError, SystemExit):
+            return "not a command line this process answers"
+    op: Operation | None = getattr(args, "operation", None)
+    if op is None or op.name not in ("status", "stop") or getattr(args, "all", False):
+        return "not a command the monitor answers"
+    try:
+        config = discover_config(args.project, args.config, cwd, environ)
+    except ConfigError:
+        return "no project found from the caller's folder"
+    if (
+        os.path.realpath(config) != os.path.realpath(project.config_path)
+        or tmux_socket(args, environ) != project.socket_name
+        or os.path.realpath(state_root(environ)) != os.path.realpath(project.paths.root.parent)
+    ):
+        return "another project, tmux server or state folder than this monitor's"
+    if not project.config_current():
+        return "taskmux.toml changed since this monitor read it"
+    if op.name == "stop" and _stop_hooks(project, _raw(op, args).get("tasks")):
+        return "stop hooks run in the caller's environment"
+    warning = _config_warning(project)
+    try:
+        result = await _perform(project, args, None)
+    except TaskmuxError as exc:
+        message, code = _failure(exc)
+        return "", f"{warning}{message}\n", code
+    except Exception:
+        log.exception("the control socket could not answer %s", op.name)
+        return "this process failed to answer"
+    return _rendered(args, result, FORMATS[op.name](args)), warning, _exit_for(result)
+
+
+@functools.cache
+def _answering_parser() -> argparse.ArgumentParser:
+    return build_parser()
+
+
+def _stop_hooks(project: Project, tasks: Sequence[str] | None) -> bool:
+    """Whether stopping these tasks (all when none are named) runs a stop hook."""
+    config = project.config.tasks
+    return any(
+        config[name].hooks.before_stop or config[name].hooks.after_stop
+        for name in (tasks or config)
+        if name in config
+    )
 
 
 def _logs(project: Project, args: argparse.Namespace) -> int:
@@ -441,7 +504,7 @@ def _logs(project: Project, args: argparse.Namespace) -> int:
 
 
 def _config_path(args: argparse.Namespace) -> Path:
-    return configuration.discover_config(
+    return discover_config(
         project=getattr(args, "project", None), config=getattr(args, "config", None)
     )
 
@@ -814,36 +877,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `taskmux`."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-        for name, default in (("project", None), ("config", None), ("json", False),
-                              ("tmux_socket", None)):  # fmt: skip
-            if not hasattr(args, name):
-                setattr(args, name, default)
+        args = _parse(parser, argv)
         if not getattr(args, "handler", None):
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
-    except UsageError as exc:
-        print(f"taskmux: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ConfigError, UnknownTask, InvalidArgument) as exc:
-        print(f"taskmux: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except TaskmuxError as exc:
-        print(f"taskmux: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:
-        print(
-            f"taskmux: failed unexpectedly ({type(exc).__name__}: {exc}); "
-            "please report this with the command you ran",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
+        message, code = _failure(exc)
+        print(message, file=sys.stderr)
+        return code
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    for name, default in (("project", None), ("config", None), ("json", False),
+                          ("tmux_socket", None)):  # fmt: skip
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    return args
+
+
+def _failure(exc: Exception) -> tuple[str, int]:
+    """The message and exit code of a command that failed with exc."""
+    if isinstance(exc, (UsageError, ConfigError, UnknownTask, InvalidArgument)):
+        return f"taskmux: {exc}", EXIT_USAGE
+    if isinstance(exc, TaskmuxError):
+        return f"taskmux: {exc}", EXIT_FAILED
+    return (
+        f"taskmux: failed unexpectedly ({type(exc).__name__}: {exc}); "
+        "please report this with the command you ran"
+    ), EXIT_FAILED
 
 
 if __name__ == "__main__":

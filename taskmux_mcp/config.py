@@ -24,16 +24,13 @@ from taskmux_mcp.errors import (
     ConfigError,
     ConfigProblem,
     InvalidArgument,
-    ProjectNotFound,
     UnknownTask,
 )
-from taskmux_mcp.state import write_atomic
+from taskmux_mcp.state import CONFIG_FILENAME, write_atomic
 
 if TYPE_CHECKING:
     import tomlkit.items
 
-CONFIG_FILENAME = "taskmux.toml"
-PROJECT_ENV_VAR = "TASKMUX_PROJECT"
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 NAME_RE: re.Pattern[str] = re.compile(NAME_PATTERN)
 NAME_RULE = "use 1 to 64 ASCII letters, digits, '_' or '-', starting with a letter or digit"
@@ -252,46 +249,6 @@ class ProjectConfig(BaseModel):
                 if missing[user] == 0:
                     heapq.heappush(ready, (index[user], user))
         return order
-
-
-def discover_config(
-    project: str | Path | None = None,
-    config: str | Path | None = None,
-    cwd: Path | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> Path:
-    """Find taskmux.toml: --config, else --project, else $TASKMUX_PROJECT, else walk up from cwd."""
-    base = Path.cwd() if cwd is None else Path(os.path.abspath(cwd.expanduser()))
-    env = os.environ if environ is None else environ
-
-    def place(value: str | Path) -> Path:
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else base / path
-
-    def explicit(value: str | Path) -> Path:
-        path = place(value)
-        candidate = path / CONFIG_FILENAME if path.is_dir() else path
-        if not candidate.is_file():
-            raise ProjectNotFound([candidate])
-        return candidate
-
-    if config is not None and str(config):
-        return explicit(config)
-    if project is not None and str(project):
-        path = place(project)
-        if path.is_file():
-            return path
-        if not (path / CONFIG_FILENAME).is_file():
-            raise ProjectNotFound([path])
-        return path / CONFIG_FILENAME
-    if env.get(PROJECT_ENV_VAR):
-        return explicit(env[PROJECT_ENV_VAR])
-    searched: list[Path] = []
-    for folder in (base, *base.parents):
-        searched.append(folder)
-        if (folder / CONFIG_FILENAME).is_file():
-            return folder / CONFIG_FILENAME
-    raise ProjectNotFound(searched)
 
 
 def load_config(path: Path) -> ProjectConfig:

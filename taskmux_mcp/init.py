@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from itertools import takewhile
 from pathlib import Path
 
-from .config import CONFIG_FILENAME, default_project_name, load_config, render_new_config
+from .config import default_project_name, load_config, render_new_config
+from .state import CONFIG_FILENAME
 from .wording import counted
 
 NOTE_BEGIN = "<!-- taskmux:begin -->"

@@ -38,7 +38,6 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .budget import REPLY_BUDGET
-from .config import CONFIG_FILENAME
 from .errors import ArgumentError, ConfigError, TaskmuxError, UnknownTask
 from .events import Cause, EventType
 from .models import BaseModel, EventRecord
@@ -46,6 +45,7 @@ from .monitor import Monitor
 from .operations import OPERATIONS, Call, Operation, perform
 from .overview import all_projects_async
 from .project import Project, ProjectSlot
+from .state import CONFIG_FILENAME
 from .terminal import cut_line
 
 log = logging.getLogger("taskmux.mcp")

@@ -26,6 +26,7 @@ import anyio.abc
 from . import lifecycle, readiness, records
 from .backend import Pane, Snapshot
 from .config import ProjectConfig, TaskConfig
+from .control import serve_control
 from .errors import StateWriteError, TaskBusy, TaskmuxError
 from .events import Cause, EventType
 from .lease import Lease
@@ -149,6 +150,8 @@ class Monitor:
         self._sweep_now = True
         self._writers: dict[str, int] = {}  # task -> pid of its run's log writer
         self._replaced: set[int] = set()  # writers whose death was already dealt with
+        self._group: anyio.abc.TaskGroup | None = None
+        self._control: anyio.CancelScope | None = None
 
     def stop(self) -> None:
         """Ask the loop to end."""
@@ -174,10 +177,12 @@ class Monitor:
             )
         try:
             async with anyio.create_task_group() as group:
+                self._group = group
                 group.start_soon(self._until_stopped, group.cancel_scope)
                 await self._loop(group, watcher)
                 group.cancel_scope.cancel()
         finally:
+            self._group = None
             self.acting = False
             if watcher is not None:
                 watcher.stop()
@@ -259,14 +264,33 @@ class Monitor:
         if leading and not self.acting:
             self.acting = True
             self._sweep_now = True
+            self._serve_control()
             self.project.events.record(
                 EventType.MONITOR_STARTED, Cause.POLICY, None, pid=os.getpid(), host=self.host
             )
         elif not leading and self.acting:
             self.acting = False
+            if self._control is not None:
+                self._control.cancel()
             self._known_pids = {}
             log.warning("this monitor no longer leads the project; standing by")
         return leading
+
+    def _serve_control(self) -> None:
+        """Answer the CLI's commands on the control socket while this monitor leads."""
+        group = self._group
+        if group is None:
+            return
+        self._control = scope = anyio.CancelScope()
+
+        async def serve() -> None:
+            with scope:
+                try:
+                    await serve_control(self.project)
+                except OSError as exc:  # the CLI runs its commands itself meanwhile
+                    log.warning("cannot serve the control socket: %s", exc)
+
+        group.start_soon(serve)
 
     def _triggered(self) -> bool:
         due = self._due is not None and self.project.clock.now() >= self._due

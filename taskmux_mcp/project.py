@@ -25,7 +25,7 @@ from . import interactive, lifecycle, processes, readiness, records
 from .backend import Launch, Pane, Snapshot
 from .clock import SYSTEM_CLOCK, Clock
 from .coalesce import Batched
-from .config import Condition, ProjectConfig, discover_config, load_config
+from .config import Condition, ProjectConfig, load_config
 from .envfiles import load_env_files
 from .errors import (
     ConfigError,
@@ -63,7 +63,7 @@ from .models import (
 from .ports import PortBook
 from .records import Phase, RecordStore, StopKind, TaskRecord, observe
 from .redaction import Redactor, expand_ports, looks_secret
-from .state import ProjectPaths, find_state_folder, state_root, write_atomic
+from .state import ProjectPaths, discover_config, find_state_folder, state_root, write_atomic
 from .tmux import TmuxBackend
 
 log = logging.getLogger("taskmux")
@@ -225,6 +225,10 @@ class Project:
         if changed:
             self._save_config()
         return changed
+
+    def config_current(self) -> bool:
+        """Whether the config in force was read from taskmux.toml as it is now."""
+        return _stat_stamp(self.config_path) == self._stamp
 
     def valid_config(self) -> ProjectConfig:
         """The config for actions that run commands: refused while taskmux.toml is invalid."""

@@ -1,14 +1,59 @@
-"""The per-project state folder: where it is, what it holds, and writing files into it safely."""
+"""Where a project's files are (its taskmux.toml, its state folder), what the state folder holds,
+and writing files into it safely."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import ProjectNotFound
+
+CONFIG_FILENAME = "taskmux.toml"
+PROJECT_ENV_VAR = "TASKMUX_PROJECT"
+
+
+def discover_config(
+    project: str | Path | None = None,
+    config: str | Path | None = None,
+    cwd: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Path:
+    """Find taskmux.toml: --config, else --project, else $TASKMUX_PROJECT, else walk up from cwd."""
+    base = Path.cwd() if cwd is None else Path(os.path.abspath(cwd.expanduser()))
+    env = os.environ if environ is None else environ
+
+    def place(value: str | Path) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
+
+    def explicit(value: str | Path) -> Path:
+        path = place(value)
+        candidate = path / CONFIG_FILENAME if path.is_dir() else path
+        if not candidate.is_file():
+            raise ProjectNotFound([candidate])
+        return candidate
+
+    if config is not None and str(config):
+        return explicit(config)
+    if project is not None and str(project):
+        path = place(project)
+        if path.is_file():
+            return path
+        if not (path / CONFIG_FILENAME).is_file():
+            raise ProjectNotFound([path])
+        return path / CONFIG_FILENAME
+    if env.get(PROJECT_ENV_VAR):
+        return explicit(env[PROJECT_ENV_VAR])
+    searched: list[Path] = []
+    for folder in (base, *base.parents):
+        searched.append(folder)
+        if (folder / CONFIG_FILENAME).is_file():
+            return folder / CONFIG_FILENAME
+    raise ProjectNotFound(searched)
 
 
 def state_root(environ: Mapping[str, str] | None = None) -> Path:
@@ -123,6 +168,8 @@ def write_atomic(path: Path, data: bytes, mode: int | None = 0o600) -> None:
         except FileNotFoundError:
             mode = 0o644
     target.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # here: the CLI's thin path (control.py) writes nothing
+
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Workspace, make_project
+from support import Workspace, end_processes, make_project
 
 
 @pytest.fixture
@@ -21,3 +22,12 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspa
 def anyio_backend() -> str:
     """Run async tests on asyncio."""
     return "asyncio"
+
+
+@pytest.fixture
+def monitors(project: Workspace) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Monitor processes started by a test, ended afterwards; no hosted monitor."""
+    procs: list[subprocess.Popen[bytes]] = []
+    project.env["TASKMUX_HOSTED_MONITOR"] = "0"
+    yield procs
+    end_processes(procs)

@@ -135,7 +135,11 @@ class Workspace:
         return facade
 
     def cli(
-        self, *args: str, timeout: float = 60, check: bool = False
+        self,
+        *args: str,
+        timeout: float = 60,
+        check: bool = False,
+        env_extra: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run the installed `taskmux` CLI in a subprocess against this project."""
         exe = Path(sys.executable).with_name("taskmux")
@@ -144,7 +148,7 @@ class Workspace:
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=self.env,
+            env={**self.env, **(env_extra or {})},
             check=check,
         )
 

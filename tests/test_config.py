@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from taskmux_mcp.config import (
-    CONFIG_FILENAME,
     NAME_RE,
     BridgeConfig,
     HooksConfig,
@@ -19,7 +18,6 @@ from taskmux_mcp.config import (
     RestartPolicy,
     TaskConfig,
     add_task,
-    discover_config,
     load_config,
     parse_config,
     remove_task,
@@ -33,6 +31,7 @@ from taskmux_mcp.errors import (
     ProjectNotFound,
     UnknownTask,
 )
+from taskmux_mcp.state import CONFIG_FILENAME, discover_config
 
 SPEC_EXAMPLE = """\
 name = "myapp"                      # tmux session name; default: the directory's name

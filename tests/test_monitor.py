@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 
 import anyio
-import pytest
 from support import (
     Workspace,
     acting_pid,
-    end_processes,
     events_of,
     run_monitor,
     spawn_monitor,
@@ -22,15 +19,6 @@ from support import (
 
 from taskmux_mcp.models import TaskState
 from taskmux_mcp.project import Project as Facade
-
-
-@pytest.fixture
-def monitors(project: Workspace) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Monitor processes started by a test, ended afterwards; no hosted monitor."""
-    procs: list[subprocess.Popen[bytes]] = []
-    project.env["TASKMUX_HOSTED_MONITOR"] = "0"
-    yield procs
-    end_processes(procs)
 
 
 def state_of(sup: Facade, name: str) -> TaskState:

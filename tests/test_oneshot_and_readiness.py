@@ -11,11 +11,12 @@ import anyio
 import pytest
 from support import Workspace, events_of, status_of, wait_until
 
-from taskmux_mcp.config import CONFIG_FILENAME, Condition, RestartPolicy, parse_config
+from taskmux_mcp.config import Condition, RestartPolicy, parse_config
 from taskmux_mcp.errors import ConfigError, ConfigProblem
 from taskmux_mcp.models import ActionResult, Health, TaskResult, TaskState
 from taskmux_mcp.project import Project as Facade
 from taskmux_mcp.records import Phase
+from taskmux_mcp.state import CONFIG_FILENAME
 
 
 class Background:

@@ -29,7 +29,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -37,7 +36,6 @@ import psutil
 import pytest
 from support import (
     Workspace,
-    end_processes,
     events_of,
     run_monitor,
     status_of,
@@ -51,12 +49,9 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
-def procs(project: Workspace) -> Iterator[list[subprocess.Popen[bytes]]]:
+def procs(monitors: list[subprocess.Popen[bytes]]) -> list[subprocess.Popen[bytes]]:
     """Processes (monitors, faces) started by a test, ended afterwards; no hosted monitor."""
-    started: list[subprocess.Popen[bytes]] = []
-    project.env["TASKMUX_HOSTED_MONITOR"] = "0"
-    yield started
-    end_processes(started)
+    return monitors
 
 
 def cli_popen(project: Workspace, *args: str) -> subprocess.Popen[bytes]:
@@ -342,7 +337,7 @@ def test_hanging_hook_fails_the_start_at_its_time_limit(project: Workspace, leve
     hooks = "[hooks]" if level == "project" else "[tasks.api.hooks]"
     project.write(
         f"""
-        name = "hookhang"
+        name = "hookhang-{level}"
         [tasks.api]
         command = "sleep 1000"
         {hooks}
@@ -358,8 +353,9 @@ def test_hanging_hook_fails_the_start_at_its_time_limit(project: Workspace, leve
     said = done.stdout + done.stderr
     assert "before_start hook" in said and "timed out" in said, said
     assert 2 <= elapsed < 15
-    assert not processes_with(["sleep", "1000"], TASKMUX_PROJECT="hookhang")
-    assert not processes_with(["/bin/sh", "-c", "sleep 1000"], TASKMUX_PROJECT="hookhang")
+    # named per level: the other level may run at the same time in another worker
+    assert not processes_with(["sleep", "1000"], TASKMUX_PROJECT=f"hookhang-{level}")
+    assert not processes_with(["/bin/sh", "-c", "sleep 1000"], TASKMUX_PROJECT=f"hookhang-{level}")
     assert project.task_pids() == []
     assert status_of(sup, "api").pid is None
     assert events_of(sup, "hook_failed")
