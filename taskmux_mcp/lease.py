@@ -24,7 +24,7 @@ from .clock import Clock
 from .locks import is_locked
 
 LEASE_TTL_S = 3.0
-RENEW_S = LEASE_TTL_S / 3  # a leader late by up to two thirds of the TTL still holds
+RENEW_S = LEASE_TTL_S / 2  # a leader late by up to half the TTL still holds
 _NAME = re.compile(r"lease-(\d{1,12})\Z")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -61,6 +62,19 @@ def test_stop_from_another_process_is_respected(
     assert sup.records.get("api").run == 1 and sup.records.get("web").run == 1
 
 
+def watches_a_pid(pid: int) -> bool:
+    """Whether the process holds a pidfd (a standby monitor waits on its leader's)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[pidfd]":
+                return True
+    return False
+
+
 def test_one_monitor_acts_and_another_takes_over_after_sigkill(
     project: Workspace, monitors: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -82,6 +96,7 @@ def test_one_monitor_acts_and_another_takes_over_after_sigkill(
     second = spawn_monitor(project, monitors)
     assert anyio.run(lambda: sup.start(timeout=10)).ok
     assert acting_pid(sup) == first
+    wait_until(lambda: watches_a_pid(second.pid), timeout=30)  # standing by, not starting up
     os.kill(first, signal.SIGKILL)
     wait_until(lambda: acting_pid(sup) == second.pid, timeout=2.5, interval=0.05)
     pid = next(t.pid for t in anyio.run(sup.status).tasks if t.name == "flaky")

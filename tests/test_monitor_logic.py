@@ -459,8 +459,9 @@ def test_a_standby_sleeps_until_the_leaders_lease_would_go_stale(
     try:
         assert leader.lease.try_lead() and not standby.lease.try_lead()
         assert standby._watched() == [os.getpid()]  # the leader's pid: its end wakes the standby
-        clock.advance(1.0)
-        assert standby._next_wake(time.monotonic(), None) == pytest.approx(2.0, abs=0.05)
+        clock.advance(RENEW_S)
+        stale_in = LEASE_TTL_S - RENEW_S
+        assert standby._next_wake(time.monotonic(), None) == pytest.approx(stale_in, abs=0.05)
         assert leader.lease.leading()  # renews
         assert not standby.lease.try_lead()
         assert standby._next_wake(time.monotonic(), None) == pytest.approx(LEASE_TTL_S, abs=0.05)
