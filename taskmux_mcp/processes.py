@@ -501,12 +501,15 @@ async def stop_tree(
         root = _open_pidfd(root_pid) if root_pid is not None else None
     except OSError:
         root = None
-    if root is None and not await _scan(root_pid, task_id):
+    found = await _scan(root_pid, task_id) if root is None else []
+    if root is None and not found:
         return outcome([], "none")
     deadline = started + grace
     try:
         with contextlib.suppress(Exception):
             await interrupt()
+        if root_pid is None:  # no pane to interrupt (its window is gone): what is left gets it
+            signal_all(found, signal.Signals[first])
         if root is not None:  # the root ends first as a rule: no scan until it has
             with anyio.move_on_after(grace):
                 await anyio.wait_readable(root)

@@ -462,6 +462,28 @@ def test_a_tmux_server_without_sessions_reads_as_no_session(project: Workspace) 
     assert running_pid(sup, "api")
 
 
+def test_what_outlives_a_window_closed_by_hand_gets_the_stop_signal_at_once(
+    project: Workspace,
+) -> None:
+    project.write(
+        """
+        [tasks.api]
+        command = "trap '' HUP; exec sleep 1000"
+        stop_grace_period = 20
+        """
+    )
+    sup = project.open()
+    assert anyio.run(lambda: sup.start(timeout=10)).ok
+    pid = running_pid(sup, "api")
+    project.server.cmd("kill-window", "-t", sup.backend.snapshot_sync().panes["api"].window_id)
+    wait_until(lambda: "api" not in sup.backend.snapshot_sync().panes, timeout=10)
+    assert is_running(pid)  # it ignored the SIGHUP of its closing window
+    stopped = anyio.run(lambda: sup.stop(["api"]))
+    assert stopped.ok and not is_running(pid), stopped
+    # its stop signal, not a SIGTERM after the 20 s grace
+    assert [e["signal"] for e in events_of(sup, "stopped", "api")] == ["SIGINT"]
+
+
 def test_a_project_folder_with_a_tmux_format_runs_the_hosted_monitor_without_running_it(
     project: Workspace, tmp_path: Path
 ) -> None:
