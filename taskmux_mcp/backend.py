@@ -36,6 +36,9 @@ class Pane:
     stop_mark: str | None = None
     piped: bool = True
     interrupt: str | None = field(default=None, compare=False)
+    # False while tmux has yet to reap the ended process (its end was read from the zombie):
+    # tmux may not have handed the pane's pipe its last output yet.
+    reaped: bool = field(default=True, compare=False)
 
     @property
     def alive(self) -> bool:

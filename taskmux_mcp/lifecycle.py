@@ -242,6 +242,13 @@ async def drain(project: Project, name: str, pane: Pane | None) -> bool:
     if pane is None or not pane.dead or not pane.piped:
         return False
     run = pane.run if pane.run is not None else project.records.get(name).run
+    with anyio.move_on_after(DRAIN_WAIT_S):
+        while not pane.reaped:  # tmux hands the pipe its last output before it reaps
+            await anyio.sleep(0.002)
+            again = (await project.backend.snapshot()).panes.get(name)
+            if again is None or again.pane_id != pane.pane_id:
+                break
+            pane = again
     return await project.logs.drain_writer(name, run, timeout=DRAIN_WAIT_S)
 
 

@@ -176,6 +176,7 @@ class TmuxBackend:
             exit_status, exit_signal = _int(row["pane_dead_status"]), _int(row["pane_dead_signal"])
             dead_time: float | None = _int(row["pane_dead_time"])
             known_end = row["pane_dead_status"] != "" or row["pane_dead_signal"] != ""
+            reaped = True
             if row["pane_dead"] == "1" and not known_end:
                 # tmux saw the pty close before it reaped the process (it soon will)
                 wait_status = zombie_status(pid, server_pid) if pid and server_pid else None
@@ -183,7 +184,7 @@ class TmuxBackend:
                 if wait_status is None:
                     unresolved = True
                 else:
-                    known_end, dead_time = True, time.time()
+                    known_end, dead_time, reaped = True, time.time(), False
                     if os.WIFEXITED(wait_status):
                         exit_status = os.WEXITSTATUS(wait_status)
                     if os.WIFSIGNALED(wait_status):
@@ -205,6 +206,7 @@ class TmuxBackend:
                 stop_mark=row[STOP_OPTION] or None,
                 piped=row["pane_pipe"] == "1",
                 interrupt=row[INTERRUPT_OPTION] or None,
+                reaped=reaped,
             )
         foreign = None
         if ours is None and self.session_name in owners:
