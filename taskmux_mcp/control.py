@@ -35,7 +35,10 @@ _ENV_KEYS = ("HOME", "XDG_STATE_HOME")
 def main() -> None:
     """Entry point of `taskmux`: the monitor answers when it can, else the full CLI."""
     argv = sys.argv[1:]
-    code = ask_monitor(argv, Path.cwd(), os.environ)
+    try:
+        code = ask_monitor(argv, Path.cwd(), os.environ)
+    except KeyboardInterrupt:
+        sys.exit(130)
     if code is None:
         from .cli import main as cli_main
 
@@ -80,8 +83,13 @@ def ask_monitor(argv: Sequence[str], cwd: Path, environ: Mapping[str, str]) -> i
         return None
     if not isinstance(reply, dict) or not isinstance(reply.get("code"), int):
         return None  # "fallback": the monitor says the caller should run it
-    sys.stderr.write(str(reply.get("stderr", "")))
-    sys.stdout.write(str(reply.get("stdout", "")))
+    try:
+        sys.stderr.write(str(reply.get("stderr", "")))
+        sys.stdout.write(str(reply.get("stdout", "")))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `taskmux status | head -1`
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return int(reply["code"])
 
 
