@@ -23,6 +23,7 @@ import anyio
 from pydantic import BaseModel
 
 from . import config as configuration
+from .control import ANSWERED
 from .errors import ConfigError, InvalidArgument, TaskmuxError, UnknownTask
 from .events import Cause
 from .models import (
@@ -416,7 +417,7 @@ async def answer_command(
         except (UsageError, SystemExit):
             return "not a command line this process answers"
     op: Operation | None = getattr(args, "operation", None)
-    if op is None or op.name not in ("status", "stop") or getattr(args, "all", False):
+    if op is None or op.name not in ANSWERED or getattr(args, "all", False):
         return "not a command the monitor answers"
     try:
         config = discover_config(args.project, args.config, cwd, environ)

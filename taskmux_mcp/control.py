@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from .project import Project
 
 SOCKET_NAME = "control.sock"
-COMMANDS = frozenset({"status", "ls", "list", "stop"})
+ANSWERED = ("status", "stop")  # operations whose output cannot depend on the caller's process
+COMMANDS = frozenset({*ANSWERED, "ls", "list"})  # with the CLI's aliases of status
 DISABLE_ENV = "TASKMUX_NO_CONTROL"
 ACK_WAIT_S = 0.3  # a frozen monitor never acknowledges: the CLI then runs the command itself
 REQUEST_MAX = 256 * 1024
