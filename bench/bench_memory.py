@@ -13,7 +13,6 @@ does it, cached).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import sys
 import time
@@ -25,15 +24,14 @@ from bench_peers import (
     FLEET,
     STAMPED,
     TOOLS,
-    Fleet,
-    Ours,
     Peers,
     Task,
-    install_peers,
     load,
-    settled_at,
+    prepared_peers,
+    pss_mib,
+    running_fleets,
 )
-from bench_supervisor import Sandbox, byte_compile_ours, print_table, wait_until
+from bench_supervisor import Sandbox, print_table
 
 CHATTY = "sh -c 'seq -f %079g 1 5000; exec sleep 1000'"
 FIELDS = ("Pss", "Private_Clean", "Private_Dirty", "Shared_Clean", "Shared_Dirty")
@@ -92,20 +90,13 @@ def fleet_of(command: str) -> list[Task]:
 def measure(sb: Sandbox, peers: Peers, label: str, command: str) -> dict[str, float]:
     """Start 30 tasks under each tool, wait until they sleep (the chatty ones have printed),
     then sum each tool's PSS and list ours by kind of process."""
-    fleets: dict[str, Fleet] = peers.fleets(sb, label, fleet_of(command))
-    for fleet in fleets.values():
-        fleet.timed(fleet.start_all())
-        if not wait_until(functools.partial(settled_at, fleet, FLEET), 60, 0.1):
-            raise RuntimeError(f"{fleet.tool}: not all {FLEET} tasks running")
-    ours = fleets["taskmux"]
-    assert isinstance(ours, Ours)
-    ours.serve_mcp()
+    fleets, ours = running_fleets(sb, peers, label, fleet_of(command), timeout=60)
     ours.mcp_tool("status", {})  # the server has answered a call, as an agent's would
     time.sleep(3)  # past start-up work (the MCP server's and the hosted monitor's)
     totals: dict[str, float] = {}
     for tool, fleet in fleets.items():
         pids = fleet.own_pids()
-        totals[tool] = sum(rollup(p).get("Pss", 0) for p in pids) / 1024
+        totals[tool] = pss_mib(pids)
         if tool == "taskmux":
             rows = [("process", "n", *(f"{f} MiB" for f in FIELDS))]
             for what, (count, sums) in sorted(breakdown(pids).items()):
@@ -118,10 +109,7 @@ def measure(sb: Sandbox, peers: Peers, label: str, command: str) -> dict[str, fl
 
 
 def main() -> int:
-    peers = install_peers()
-    byte_compile_ours()
-    for note in peers.notes:
-        print(note)
+    peers = prepared_peers()
     before = load()
     began = time.monotonic()
     results: list[tuple[str, dict[str, float]]] = []
