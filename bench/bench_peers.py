@@ -522,16 +522,24 @@ def med(values: dict[str, list[float]]) -> dict[str, float | None]:
     return {tool: median(v) if v else None for tool, v in values.items()}
 
 
-def bench_fleet(sb: Sandbox, peers: Peers, rounds: int) -> list[Figures]:
-    """30 tasks under each tool at once: idle CPU and memory, status, stop of one, crashes."""
-    fleets = peers.fleets(sb, "fleet", fleet_tasks())
+def running_fleets(
+    sb: Sandbox, peers: Peers, label: str, tasks: Sequence[Task], timeout: float = 30
+) -> tuple[dict[str, Fleet], Ours]:
+    """The tasks under each tool, all running, and ours with one MCP server beside them."""
+    fleets = peers.fleets(sb, label, tasks)
     for fleet in fleets.values():
         fleet.timed(fleet.start_all())
-        if not wait_until(functools.partial(settled_at, fleet, FLEET), 30, 0.1):
-            raise RuntimeError(f"{fleet.tool}: not all {FLEET} tasks running")
+        if not wait_until(functools.partial(settled_at, fleet, len(tasks)), timeout, 0.1):
+            raise RuntimeError(f"{fleet.tool}: not all {len(tasks)} tasks running")
     ours = fleets["taskmux"]
     assert isinstance(ours, Ours)
     ours.serve_mcp()
+    return fleets, ours
+
+
+def bench_fleet(sb: Sandbox, peers: Peers, rounds: int) -> list[Figures]:
+    """30 tasks under each tool at once: idle CPU and memory, status, stop of one, crashes."""
+    fleets, _ = running_fleets(sb, peers, "fleet", fleet_tasks())
     time.sleep(3)  # past start-up work (the MCP server's and the hosted monitor's)
     own = {tool: f.own_pids() for tool, f in fleets.items()}
     before = {tool: cpu_of(pids) for tool, pids in own.items()}
@@ -799,13 +807,19 @@ def interrupted(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str]) -> int:
-    rounds = int(argv[0]) if argv else 5
+def prepared_peers() -> Peers:
+    """The peers installed (named when missing), ours byte-compiled, SIGTERM taken as Ctrl-C."""
     signal.signal(signal.SIGTERM, interrupted)
     peers = install_peers()
     byte_compile_ours()
     for note in peers.notes:
         print(note)
+    return peers
+
+
+def main(argv: list[str]) -> int:
+    rounds = int(argv[0]) if argv else 5
+    peers = prepared_peers()
     before = load()
     began = time.monotonic()
     figures: list[Figures] = []

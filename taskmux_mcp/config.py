@@ -35,6 +35,10 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 NAME_RE: re.Pattern[str] = re.compile(NAME_PATTERN)
 NAME_RULE = "use 1 to 64 ASCII letters, digits, '_' or '-', starting with a letter or digit"
 HOOK_NAMES: tuple[str, ...] = ("before_start", "after_start", "before_stop", "after_stop")
+# tmux's scrollback per task window ([logs] scrollback): the log files keep every line; tmux's
+# own default (2000) costs about 1.4 MiB per pane of 80-column lines.
+SCROLLBACK_LINES = 1000
+SCROLLBACK_MAX = 1_000_000
 
 
 class RestartPolicy(StrEnum):
@@ -138,6 +142,7 @@ class LogsConfig(BaseModel):
 
     max_bytes: Annotated[int, Field(ge=1024, strict=True)] = 10 * 1024 * 1024
     max_files: Annotated[int, Field(ge=1, strict=True)] = 3
+    scrollback: Annotated[int, Field(ge=0, le=SCROLLBACK_MAX, strict=True)] = SCROLLBACK_LINES
 
 
 class BridgeConfig(BaseModel):
@@ -591,7 +596,11 @@ _IGNORED_TOP_KEYS = {
     "worktree": "taskmux 0.9's worktree naming (each checkout gets its own state here)",
     "tunnel": "taskmux 0.9's public tunnels",
 }
-_LOGS_CHECKS: dict[str, _Check] = {"max_bytes": _integer(1024), "max_files": _integer(1)}
+_LOGS_CHECKS: dict[str, _Check] = {
+    "max_bytes": _integer(1024),
+    "max_files": _integer(1),
+    "scrollback": _integer(0, SCROLLBACK_MAX),
+}
 _BRIDGE_CHECKS: dict[str, _Check] = {"allowed_origins": _string_list}
 _TASK_KEY_ALIASES = {
     "cmd": "command",

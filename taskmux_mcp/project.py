@@ -171,7 +171,7 @@ class Project:
         )
         self.backend = TmuxBackend(
             self.key, config.name, self.socket_name, scripts=self.paths.scripts,
-            config_path=config.config_path,
+            config_path=config.config_path, scrollback=config.logs.scrollback,
         )  # fmt: skip
         self.ports = PortBook(self.paths.ports, self.key)
         self.ready_lines: dict[str, tuple[int, str]] = {}
@@ -222,6 +222,7 @@ class Project:
         changed = config != self._config
         self._config = config
         self.logs.max_bytes, self.logs.max_files = config.logs.max_bytes, config.logs.max_files
+        self.backend.scrollback = config.logs.scrollback
         if changed:
             self._save_config()
         return changed

@@ -24,6 +24,7 @@ import anyio
 
 from .backend import Launch, Pane, Snapshot, launch_script
 from .coalesce import Batched, Coalesced
+from .config import SCROLLBACK_LINES
 from .errors import TmuxError
 from .processes import is_running, zombie_status
 from .state import write_atomic
@@ -43,6 +44,7 @@ BATCH_CHARS = 12_000  # of one tmux call's arguments: tmux refuses about 16 KB i
 _REPORT_TAG = "taskmux-launched "
 _RECEIPT_TAG = "taskmux-done "
 INLINE_SCRIPT_MAX = 4096  # tmux refuses command lines over about 16 KB in all
+_HOLD_ARGV = ("/bin/sh", "-c", "read -r _")  # a new session's first window, until the task's
 
 _FIELDS = (
     "pid",
@@ -85,12 +87,14 @@ class TmuxBackend:
         *,
         scripts: Path | None = None,
         config_path: Path | None = None,
+        scrollback: int = SCROLLBACK_LINES,
     ) -> None:
         self.project_key = project_key
         self.session_name = session_name
         self.socket_name = socket_name or "default"
         self.scripts = scripts
         self.config_path = config_path
+        self.scrollback = scrollback
         self._snapshots = Coalesced(self._read_snapshot)
         self._commands: Batched[list[str], None] = Batched(self._run_batch)
 
@@ -253,12 +257,14 @@ class TmuxBackend:
         creates many windows); each gets its pane or why it failed."""
         session = snapshot.session
         prepared: list[tuple[Launch, list[str]] | TmuxError] = []
+        limit_set = False  # the session's history-limit, set before this call's first new window
         for launch in launches:
             try:
-                words, session = self._launch_words(launch, snapshot, session)
+                words, session = self._launch_words(launch, snapshot, session, limit_set)
             except TmuxError as exc:
                 prepared.append(exc)
                 continue
+            limit_set = limit_set or launch.task not in snapshot.panes
             prepared.append((launch, words))
         results: list[Pane | TmuxError] = []
         batch: list[tuple[Launch, list[str]]] = []
@@ -318,9 +324,12 @@ class TmuxBackend:
         )
 
     def _launch_words(
-        self, launch: Launch, snapshot: Snapshot, session: str | None
+        self, launch: Launch, snapshot: Snapshot, session: str | None, limit_set: bool = False
     ) -> tuple[list[str], str]:
-        """The tmux command sequence of one launch, and the session it will be in."""
+        """The tmux command sequence of one launch, and the session it will be in. A new window
+        gets its scrollback from the session's history-limit at its creation (tmux never changes
+        it later), so the limit is set first: on a new session, whose first window would get the
+        server's, that window holds the session open only until the task's window exists."""
         argv = self._pane_argv(launch)
         existing = snapshot.panes.get(launch.task)
         report_format = _REPORT_TAG + "#{window_id} #{pane_id} #{pane_pid} #{session_name}"
@@ -335,15 +344,22 @@ class TmuxBackend:
             new_session = session is None
             session = session or self._free_session_name(snapshot)
             target = f"={session}:={nonce}"
+            limit = ["set-option", "-t", f"={session}:", "history-limit", str(self.scrollback)]
+            window = ["new-window", "-d", "-t", f"={session}:", "-n", nonce, "--", *argv]
             if new_session:
+                hold = f"{nonce}-hold"
                 create = [
-                    "new-session", "-d", "-s", session, "-n", nonce, "-x", WINDOW_SIZE[0],
-                    "-y", WINDOW_SIZE[1], "--", *argv,
+                    "new-session", "-d", "-s", session, "-n", hold, "-x", WINDOW_SIZE[0],
+                    "-y", WINDOW_SIZE[1], "--", *_HOLD_ARGV,
                     ";", "set-option", "-t", f"={session}:", PROJECT_OPTION, self.project_key,
                     ";", "set-option", "-t", f"={session}:", "destroy-unattached", "off",
+                    ";", *limit, ";", *window,
+                    # The task's window takes the first index, as if it had opened the session.
+                    ";", "swap-window", "-d", "-s", target, "-t", f"={session}:={hold}",
+                    ";", "kill-window", "-t", f"={session}:={hold}",
                 ]  # fmt: skip
             else:
-                create = ["new-window", "-d", "-t", f"={session}:", "-n", nonce, "--", *argv]
+                create = window if limit_set else [*limit, ";", *window]
             # A window named at its creation (-n) keeps automatic-rename off; programs may
             # still rename it unless allow-rename is off.
             extra = [

@@ -11,6 +11,7 @@ import pytest
 
 from taskmux_mcp.config import (
     NAME_RE,
+    SCROLLBACK_LINES,
     BridgeConfig,
     HooksConfig,
     LogsConfig,
@@ -239,6 +240,13 @@ def test_logs_and_bridge_tables(tmp_path: Path) -> None:
     assert cfg.tasks == {}
 
 
+def test_scrollback_is_tmuxs_lines_per_task_window(tmp_path: Path) -> None:
+    default = parse_config("", tmp_path / CONFIG_FILENAME)
+    assert default.logs.scrollback == SCROLLBACK_LINES < 2000  # below tmux's own default
+    cfg = parse_config("[logs]\nscrollback = 0\n", tmp_path / CONFIG_FILENAME)
+    assert cfg.logs.scrollback == 0
+
+
 def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / CONFIG_FILENAME
     path.write_bytes(b'\xef\xbb\xbf[tasks.a]\ncommand = "x"\n')
@@ -393,6 +401,9 @@ def test_ints_accepted_where_seconds_expected(tmp_path: Path) -> None:
     [
         ("[logs]\nmax_bytes = 10\n", "logs.max_bytes", "an integer >= 1024, got 10"),
         ("[logs]\nmax_files = 0\n", "logs.max_files", "an integer >= 1, got 0"),
+        ("[logs]\nscrollback = -1\n", "logs.scrollback", "an integer from 0 to 1000000, got -1"),
+        ("[logs]\nscrollback = 2e3\n", "logs.scrollback", "an integer from 0 to 1000000"),
+        ('[logs]\nscrollback = "all"\n', "logs.scrollback", "an integer from 0 to 1000000"),
         ('[bridge]\nallowed_origins = "*"\n', "bridge.allowed_origins", "array of strings"),
         ("logs = 3\n", "logs", "must be a table"),
         ('auto_start = "no"\n', "auto_start", "must be true or false"),

@@ -522,3 +522,50 @@ def test_a_hundred_tasks_start_in_few_tmux_calls(project: Workspace) -> None:
     assert 1 <= len(launches) <= 30, calls
     assert len(anyio.run(sup.backend.snapshot).panes) == 100
     anyio.run(sup.stop)
+
+
+def test_task_windows_keep_the_configured_scrollback(project: Workspace) -> None:
+    """[logs] scrollback is each task window's history-limit: the first window of a new session
+    too (tmux gives it the server's), respawned panes, and new windows after a config change."""
+    chatty = "seq -f %079g 1 1000; exec sleep 1000"
+    project.write(
+        f"""
+        [logs]
+        scrollback = 300
+        [tasks.chatty]
+        command = "{chatty}"
+        [tasks.quiet]
+        command = "sleep 1000"
+        """
+    )
+    sup = project.open()
+
+    def windows() -> dict[str, tuple[int, int]]:
+        shown = project.server.cmd(
+            "list-windows", "-a", "-F", "#{window_name} #{history_limit} #{history_size}"
+        ).stdout.split("\n")
+        return {w[0]: (int(w[1]), int(w[2])) for w in (x.split() for x in shown if x)}
+
+    assert anyio.run(lambda: sup.start(["chatty", "quiet"], timeout=10)).ok
+    assert {name: limit for name, (limit, _) in windows().items()} == {"chatty": 300, "quiet": 300}
+    assert list(windows()) == ["chatty", "quiet"]  # by index: the first opened the session
+    wait_until(lambda: windows()["chatty"][1] >= 250)  # the 1000 lines printed fill it...
+    assert windows()["chatty"][1] <= 300  # ...up to the limit, not tmux's default of 2000
+    assert anyio.run(lambda: sup.restart(["chatty"], timeout=10)).ok
+    assert windows()["chatty"][0] == 300
+    project.write(
+        """
+        [logs]
+        scrollback = 50
+        [tasks.chatty]
+        command = "sleep 1000"
+        [tasks.quiet]
+        command = "sleep 1000"
+        [tasks.late]
+        command = "sleep 1000"
+        """
+    )
+    assert sup.refresh()
+    assert anyio.run(lambda: sup.start(["late"], timeout=10)).ok
+    limits = {name: limit for name, (limit, _) in windows().items()}
+    assert limits == {"chatty": 300, "quiet": 300, "late": 50}
