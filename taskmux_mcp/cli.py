@@ -411,7 +411,8 @@ async def answer_command(
 ) -> tuple[str, str, int] | str:
     """What `taskmux ARGV`, run in cwd with environ, prints (stdout, stderr) and returns,
     carried out by this process (the leading monitor); or why the caller must run it itself."""
-    with contextlib.redirect_stderr(io.StringIO()):  # a parse error prints its usage
+    printed = io.StringIO()  # usage, help, version: the caller's CLI prints them itself
+    with contextlib.redirect_stderr(printed), contextlib.redirect_stdout(printed):
         try:
             args = _parse(_answering_parser(), argv)
         except (UsageError, SystemExit):
@@ -421,17 +422,19 @@ async def answer_command(
         return "not a command the monitor answers"
     try:
         config = discover_config(args.project, args.config, cwd, environ)
-    except ConfigError:
+        state = cwd / state_root(environ)
+    except Exception:  # the caller's CLI says what is wrong
         return "no project found from the caller's folder"
     if (
         os.path.realpath(config) != os.path.realpath(project.config_path)
-        or tmux_socket(args, environ) != project.socket_name
-        or os.path.realpath(state_root(environ)) != os.path.realpath(project.paths.root.parent)
+        or (tmux_socket(args, environ) or "default") != project.backend.socket_name
+        or environ.get("TMUX_TMPDIR", "") != os.environ.get("TMUX_TMPDIR", "")
+        or os.path.realpath(state) != os.path.realpath(project.paths.root.parent)
     ):
         return "another project, tmux server or state folder than this monitor's"
     if not project.config_current():
         return "taskmux.toml changed since this monitor read it"
-    if op.name == "stop" and _stop_hooks(project, _raw(op, args).get("tasks")):
+    if op.name == "stop" and project.stop_runs_hooks(_raw(op, args).get("tasks") or ()):
         return "stop hooks run in the caller's environment"
     warning = _config_warning(project)
     try:
@@ -448,16 +451,6 @@ async def answer_command(
 @functools.cache
 def _answering_parser() -> argparse.ArgumentParser:
     return build_parser()
-
-
-def _stop_hooks(project: Project, tasks: Sequence[str] | None) -> bool:
-    """Whether stopping these tasks (all when none are named) runs a stop hook."""
-    config = project.config.tasks
-    return any(
-        config[name].hooks.before_stop or config[name].hooks.after_stop
-        for name in (tasks or config)
-        if name in config
-    )
 
 
 def _logs(project: Project, args: argparse.Namespace) -> int:

@@ -1,19 +1,22 @@
 """The leading monitor's control socket: `taskmux status` and `stop` answered by the process
-that has the project loaded already, so the CLI imports almost nothing; any doubt, and the CLI
+that has the project loaded already, so the CLI imports almost nothing; in any doubt the CLI
 runs the command itself."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import struct
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import __version__
 from .state import discover_config, find_state_folder
 
 if TYPE_CHECKING:
@@ -21,16 +24,18 @@ if TYPE_CHECKING:
 
     from .project import Project
 
+log = logging.getLogger("taskmux.control")
+
 SOCKET_NAME = "control.sock"
 ANSWERED = ("status", "stop")  # operations whose output cannot depend on the caller's process
 COMMANDS = frozenset({*ANSWERED, "ls", "list"})  # with the CLI's aliases of status
 DISABLE_ENV = "TASKMUX_NO_CONTROL"
-ACK_WAIT_S = 0.3  # a frozen monitor never acknowledges: the CLI then runs the command itself
+ACK_WAIT_S = 0.3  # a busy or frozen monitor: the CLI runs the command itself
+LOOK_S = 1.0  # while the monitor carries a command out, how often the CLI checks it still runs
 REQUEST_MAX = 256 * 1024
 _VALUED = frozenset({"--project", "--config", "--tmux-socket"})
-_NEVER = frozenset({"-h", "--help", "--version", "--all"})
-# What the answer may depend on besides the arguments: checked against the monitor's own.
-_ENV_KEYS = ("HOME", "XDG_STATE_HOME")
+# What the answer may depend on besides the arguments (the state root, tmux's socket folder).
+_ENV_KEYS = ("HOME", "XDG_STATE_HOME", "TMUX_TMPDIR")
 
 
 def main() -> None:
@@ -65,8 +70,8 @@ def _words(argv: Sequence[str]) -> tuple[str | None, dict[str, str]]:
 
 def ask_monitor(argv: Sequence[str], cwd: Path, environ: Mapping[str, str]) -> int | None:
     """Have the leading monitor run the command and print its output: its exit code, or None
-    when the command is not one it answers, or no monitor leads, or it did not answer."""
-    if environ.get(DISABLE_ENV) or _NEVER.intersection(argv):
+    when the CLI must run it itself."""
+    if environ.get(DISABLE_ENV):
         return None
     command, options = _words(argv)
     if command not in COMMANDS:
@@ -76,10 +81,9 @@ def ask_monitor(argv: Sequence[str], cwd: Path, environ: Mapping[str, str]) -> i
         folder = find_state_folder(config.parent, environ)
         if folder is None:
             return None
-        reply = _exchange(folder / SOCKET_NAME, {
-            "argv": list(argv), "cwd": str(cwd),
-            "env": {k: v for k, v in environ.items() if k.startswith("TASKMUX_") or k in _ENV_KEYS},
-        })  # fmt: skip
+        env = {k: v for k, v in environ.items() if k.startswith("TASKMUX_") or k in _ENV_KEYS}
+        request = {"argv": list(argv), "cwd": str(cwd), "env": env, "version": __version__}
+        reply = _exchange(folder / SOCKET_NAME, request)
     except Exception:  # whatever it is, the full CLI says it properly
         return None
     if not isinstance(reply, dict) or not isinstance(reply.get("code"), int):
@@ -88,9 +92,10 @@ def ask_monitor(argv: Sequence[str], cwd: Path, environ: Mapping[str, str]) -> i
         sys.stderr.write(str(reply.get("stderr", "")))
         sys.stdout.write(str(reply.get("stdout", "")))
         sys.stdout.flush()
-    except BrokenPipeError:  # `taskmux status | head -1`
+    except BrokenPipeError:  # `taskmux status | head -1`: done, as the full CLI says
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return int(reply["code"])
 
 
@@ -107,40 +112,71 @@ def _reachable(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
-def _peer_frozen(sock: socket.socket) -> bool:
-    """Whether the process at the other end is stopped (SIGSTOP): it would never answer."""
-    pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+def _peer(sock: socket.socket) -> tuple[int, int]:
+    """The pid and uid of the process at the other end of a unix socket."""
+    pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return pid, uid
+
+
+def _stuck(pid: int) -> bool:
+    """Whether pid is stopped (SIGSTOP) or gone: it will not answer."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"T", b"t")
+        return True
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"T", b"t", b"Z", b"X")
+
+
+def _line(sock: socket.socket, pid: int, buffered: bytearray, within: float | None) -> object:
+    """The next line from the peer as JSON: None when it ends, sticks, or (with `within`)
+    takes longer than that."""
+    deadline = None if within is None else time.monotonic() + within
+    while b"\n" not in buffered:
+        left = LOOK_S if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            return None
+        sock.settimeout(min(left, LOOK_S))
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            if _stuck(pid):
+                return None
+            continue
+        if not chunk:
+            return None
+        buffered += chunk
+    line, _, rest = bytes(buffered).partition(b"\n")
+    buffered[:] = rest
+    return json.loads(line)
 
 
 def _exchange(path: Path, request: dict[str, Any]) -> object:
-    """Send the request, wait for the acknowledgement (briefly) and then for the reply."""
+    """Send the request, wait for the acknowledgement (briefly), then for the reply for as long
+    as the monitor runs (a stop takes the task's grace period)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(ACK_WAIT_S)
         with _reachable(path) as name:
             sock.connect(name)
-        if _peer_frozen(sock):
+        pid, uid = _peer(sock)
+        if uid != os.getuid() or _stuck(pid):
             return None
         sock.sendall(json.dumps(request).encode() + b"\n")
-        reader = sock.makefile("rb")
-        if json.loads(reader.readline() or b"null") != {"accepted": True}:
+        buffered = bytearray()
+        if _line(sock, pid, buffered, ACK_WAIT_S) != {"accepted": True}:
             return None
-        sock.settimeout(None)  # a stop takes as long as the task's grace period
-        return json.loads(reader.readline() or b"null")
+        return _line(sock, pid, buffered, None)
 
 
 # ------------------------------------------------------------------ the monitor's side
 
 
-async def serve_control(project: Project) -> None:
-    """Answer CLI commands on the project's control socket until cancelled (while leading)."""
-    import anyio
+async def serve_control(project: Project, handlers: anyio.abc.TaskGroup) -> None:
+    """Answer CLI commands on the project's control socket until cancelled (while leading);
+    the answers run in `handlers`, so a command under way is finished after that."""
     import anyio.abc
+
+    from . import cli  # now: an upgrade of the package later never mixes versions here
 
     path = project.paths.root / SOCKET_NAME
     staged = path.with_name(f".{SOCKET_NAME}-{os.getpid()}")
@@ -158,43 +194,61 @@ async def serve_control(project: Project) -> None:
         with contextlib.suppress(OSError):
             staged.unlink()
         raise
-    listener = await anyio.abc.SocketListener.from_socket(sock)
-    async with listener:
-        await listener.serve(lambda stream: _answer(project, stream))
+    async with await anyio.abc.SocketListener.from_socket(sock) as listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # out of fds, say: the CLI runs its commands itself meanwhile
+                log.warning("control socket: %s", exc)
+                await anyio.sleep(1)
+                continue
+            handlers.start_soon(_answer, project, stream, cli.answer_command)
 
 
-async def _answer(project: Project, stream: anyio.abc.SocketStream) -> None:
+async def _answer(project: Project, stream: anyio.abc.SocketStream, answer_command: Any) -> None:
     import anyio
     import anyio.streams.buffered
 
-    from .cli import answer_command
-
-    unreadable = (OSError, ValueError, KeyError, TypeError, RecursionError, TimeoutError,
-                  anyio.BrokenResourceError, anyio.EndOfStream, anyio.IncompleteRead,
-                  anyio.DelimiterNotFound)  # fmt: skip
     async with stream:
-        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        uid = struct.unpack("3i", raw.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
-        if uid != os.getuid():
+        if _peer(stream.extra(anyio.abc.SocketAttribute.raw_socket))[1] != os.getuid():
             return
-        buffered = anyio.streams.buffered.BufferedByteReceiveStream(stream)
-        reply: dict[str, object]
         try:
-            with anyio.fail_after(5):
-                line = await buffered.receive_until(b"\n", REQUEST_MAX)
-            request = json.loads(line)
-            argv, cwd, env = request["argv"], request["cwd"], request["env"]
-            if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)
-                    and isinstance(cwd, str) and isinstance(env, dict)
-                    and all(isinstance(v, str) for v in env.values())):  # fmt: skip
-                raise ValueError("malformed request")
+            request = await _request(stream)
+            if request is None:
+                return
             await stream.send(b'{"accepted": true}\n')
-        except unreadable:
-            return
-        answer = await answer_command(project, argv, Path(cwd), env)
-        if isinstance(answer, str):
-            reply = {"fallback": answer}
-        else:
-            reply = {"stdout": answer[0], "stderr": answer[1], "code": answer[2]}
-        with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            argv, cwd, env = request
+            answer = await answer_command(project, argv, Path(cwd), env)
+            if isinstance(answer, str):
+                reply: dict[str, object] = {"fallback": answer}
+            else:
+                reply = {"stdout": answer[0], "stderr": answer[1], "code": answer[2]}
             await stream.send(json.dumps(reply).encode() + b"\n")
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # the CLI went away
+        except Exception:  # nothing a request does may end the monitor
+            log.exception("control socket: a request failed")
+
+
+async def _request(
+    stream: anyio.abc.SocketStream,
+) -> tuple[list[str], str, dict[str, str]] | None:
+    """The command a CLI sent (argv, cwd, env), or None when it sent something else."""
+    import anyio
+    import anyio.streams.buffered
+
+    buffered = anyio.streams.buffered.BufferedByteReceiveStream(stream)
+    try:
+        with anyio.fail_after(5):
+            request = json.loads(await buffered.receive_until(b"\n", REQUEST_MAX))
+    except (ValueError, RecursionError, TimeoutError, anyio.EndOfStream, anyio.IncompleteRead,
+            anyio.DelimiterNotFound):  # fmt: skip
+        return None
+    if not isinstance(request, dict) or request.get("version") != __version__:
+        return None
+    argv, cwd, env = request.get("argv"), request.get("cwd"), request.get("env")
+    if not (isinstance(argv, list) and isinstance(cwd, str) and isinstance(env, dict)):
+        return None
+    if not all(isinstance(word, str) for word in [*argv, *env.values()]):  # JSON keys are str
+        return None
+    return argv, cwd, env

@@ -286,8 +286,8 @@ class Monitor:
         async def serve() -> None:
             with scope:
                 try:
-                    await serve_control(self.project)
-                except OSError as exc:  # the CLI runs its commands itself meanwhile
+                    await serve_control(self.project, group)
+                except Exception as exc:  # the CLI runs its commands itself meanwhile
                     log.warning("cannot serve the control socket: %s", exc)
 
         group.start_soon(serve)

@@ -288,6 +288,9 @@ def _proc_stat(pid: int) -> _Row | None:
 def zombie_status(pid: int, parent: int) -> int | None:
     """The wait status of pid when it has ended but its parent has not reaped it yet (Linux's
     /proc/PID/stat keeps it for a zombie); None otherwise."""
+    with contextlib.suppress(OSError):
+        if os.getuid() != 0 and os.stat(f"/proc/{pid}").st_uid != os.getuid():
+            return None  # the kernel shows another user's exit status as 0
     stat = _read_proc(pid, "stat")
     if stat is None:
         return None

@@ -794,6 +794,13 @@ class Project:
         await self._project_hook("after_stop", cause)
         return self._action_result(results)
 
+    def stop_runs_hooks(self, tasks: Sequence[str] = ()) -> bool:
+        """Whether stopping these tasks (all by default) runs a project or task stop hook."""
+        config = self.config
+        hooked = [config.hooks, *(config.tasks[n].hooks for n in tasks or config.tasks
+                                  if n in config.tasks)]  # fmt: skip
+        return any(h.before_stop or h.after_stop for h in hooked)
+
     async def down(
         self,
         *,

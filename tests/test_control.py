@@ -17,6 +17,8 @@ import anyio
 import pytest
 from support import Workspace, run_monitor, wait_until
 
+from taskmux_mcp import __version__
+from taskmux_mcp.cli import answer_command
 from taskmux_mcp.control import DISABLE_ENV, SOCKET_NAME, ask_monitor
 from taskmux_mcp.models import StatusResult
 from taskmux_mcp.project import Project as Facade
@@ -122,6 +124,14 @@ def test_a_stop_that_runs_hooks_runs_in_the_callers_process(
     assert sup.status_sync(["worker"]).tasks[0].state.value == "stopped"
 
 
+def test_a_project_stop_hook_keeps_every_stop_in_the_callers_process(
+    project: Workspace, monitors: list[subprocess.Popen[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    started(project, monitors, '[hooks]\nbefore_stop = "true"\n' + TASKS)
+    assert asked(project, capsys, "stop", "worker")[0] is None
+    assert asked(project, capsys, "status")[0] == 0  # status runs no hook
+
+
 def test_a_frozen_monitor_leaves_the_cli_to_answer(
     project: Workspace, monitors: list[subprocess.Popen[bytes]], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -198,8 +208,8 @@ def test_a_request_from_elsewhere_is_answered_as_if_run_there(
     assert code == 0 and "api" in capsys.readouterr().out
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(sup.paths.root / SOCKET_NAME))
-        sock.sendall(json.dumps({"argv": ["status"], "cwd": "/", "env": project.env}).encode()
-                     + b"\n")  # fmt: skip
+        request = {"argv": ["status"], "cwd": "/", "env": project.env, "version": __version__}
+        sock.sendall(json.dumps(request).encode() + b"\n")
         lines = sock.makefile("rb").read().splitlines()
     assert json.loads(lines[0]) == {"accepted": True}
     assert "fallback" in json.loads(lines[1])  # no project at / : the caller says so itself
@@ -230,3 +240,43 @@ def test_the_thin_path_imports_neither_pydantic_nor_anyio(
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           env=project.env, timeout=30, check=True)  # fmt: skip
     assert done.stderr.strip().splitlines()[-1] == "0 []"
+
+
+def test_a_request_that_fails_in_the_monitor_leaves_it_running(
+    project: Workspace, monitors: list[subprocess.Popen[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    started(project, monitors)
+    # argparse takes --proj for --project; expanding ~nosuchuser fails inside the monitor
+    assert asked(project, capsys, "status", "--proj", "~nosuchuser-x/p")[0] is None
+    shown = project.cli("status", "--proj", "~nosuchuser-x/p")
+    assert shown.returncode != 0 and "Traceback" not in shown.stderr
+    assert monitors[0].poll() is None
+    assert asked(project, capsys, "status")[0] == 0
+
+
+def test_the_default_tmux_server_is_one_name_however_it_is_spelled(project: Workspace) -> None:
+    project.write(TASKS)
+    on_default = Facade(project.root / "taskmux.toml", socket_name="default", environ=project.env)
+    env = {k: v for k, v in project.env.items() if k != "TASKMUX_TMUX_SOCKET"}
+    answer = anyio.run(answer_command, on_default, ["status"], project.root, env)
+    assert isinstance(answer, tuple) and answer[2] == 0, answer
+    elsewhere = {**env, "TMUX_TMPDIR": str(project.root)}
+    answer = anyio.run(answer_command, on_default, ["status"], project.root, elsewhere)
+    assert isinstance(answer, str) and "tmux server" in answer
+
+
+def test_a_monitor_frozen_while_it_carries_a_stop_out_leaves_the_cli_to_it(
+    project: Workspace, monitors: list[subprocess.Popen[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    slow = "[tasks.slow]\ncommand = \"trap '' INT; exec sleep 1000\"\nstop_grace_period = 20\n"
+    sup = started(project, monitors, slow)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        asking = pool.submit(ask_monitor, ["--project", str(project.root), "stop", "slow"],
+                             project.root, project.env)  # fmt: skip
+        wait_until(lambda: sup.records.get("slow").phase.value == "stopping", timeout=10)
+        monitors[0].send_signal(signal.SIGSTOP)
+        try:
+            assert asking.result(timeout=10) is None  # not a hang: the CLI goes on itself
+        finally:
+            monitors[0].send_signal(signal.SIGCONT)
+    capsys.readouterr()
