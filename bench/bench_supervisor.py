@@ -499,14 +499,37 @@ depends_on = ["b"]
 """
 
 
+def chain_phases(sb: Sandbox, project: Path, called: float, returned: float) -> str:
+    """Where a chain's time over the ideal went, from the `started` events (written as each
+    window is launched) and the ready files' times: the first launch after the call, each
+    ready file -> the next task launched, the last ready file -> the CLI's return."""
+    launched = {}
+    for path in sb.state.glob("chain-*/events.jsonl"):
+        for line in path.read_text().splitlines():
+            event = json.loads(line)
+            if event.get("type") == "started":
+                launched[event["task"]] = datetime.fromisoformat(event["time"]).timestamp()
+    at = {t: (project / f"ready_{t}").stat().st_mtime for t in "abc"}
+    if set(launched) < set("abc"):
+        return "phases: started events missing"
+    steps = "/".join(f"{(launched[n] - at[t]) * 1000:.0f}" for t, n in ("ab", "bc"))
+    return (
+        f"a launched at +{launched['a'] - called:.2f} s; ready -> next launched {steps} ms; "
+        f"ready_c -> returned {(returned - at['c']) * 1000:.0f} ms"
+    )
+
+
 def bench_chain(sb: Sandbox, base: Path | None) -> list[Row]:
     tmux_dir = sb.tmux_dir("chain-ours")
     project = sb.project("chain-ours", CHAIN)
     env = sb.env(tmux_dir, hosted=True)
+    called = time.time()
     ours, done = run_timed([*ours_cli(), "--project", str(project), "start"], env=env, cwd=project)
     ready = all((project / f"ready_{t}").exists() for t in "abc")
     note = "all healthy at return" if done.returncode == 0 and ready else "NOT all healthy"
     note += f"; +{ours - 3.0:.2f} s over ideal (CLI floor included)"
+    if ready:
+        note += "; " + chain_phases(sb, project, called, called + ours)
     sb.tmux(tmux_dir, "kill-server")
     returned = healthy = None
     if base is not None:

@@ -218,7 +218,7 @@ async def _spawn(
     )
     if not_before is not None:
         await project.clock.sleep(max(0.0, not_before - project.clock.now()))
-    pane = await project.spawn(spec)
+    pane = await project.spawn(spec, snapshot)
     await project.ensure_hosted_monitor()
     return pane
 

@@ -175,7 +175,7 @@ class Project:
         )  # fmt: skip
         self.ports = PortBook(self.paths.ports, self.key)
         self.ready_lines: dict[str, tuple[int, str]] = {}
-        self._spawns: Batched[Launch, Pane] = Batched(self._spawn_batch)
+        self._spawns: Batched[tuple[Launch, Snapshot | None], Pane] = Batched(self._spawn_batch)
         self._redactor: tuple[object, Redactor] | None = None
 
     def log_pipe(self, name: str, run: int, *, resume: bool = False) -> str:
@@ -361,27 +361,50 @@ class Project:
             return None
         return lock
 
-    async def spawn(self, spec: Launch) -> Pane:
+    async def spawn(self, spec: Launch, seen: Snapshot | None = None) -> Pane:
         """Create or respawn a window. The launches asked for at once in this process go to
         tmux together, in one call; across processes one batch at a time (a session is
-        created once)."""
-        return await self._spawns.submit(spec)
+        created once). seen: a snapshot the caller took holding the task's lock; when it shows
+        the session, tmux is not read again before the launch."""
+        return await self._spawns.submit((spec, seen))
 
-    async def _spawn_batch(self, specs: list[Launch]) -> Sequence[Pane | BaseException]:
-        first = specs[0].task
-        guard = FileLock(self.paths.locks / "spawn.lock", f"opening the window of {first}")
+    async def _spawn_batch(
+        self, requests: list[tuple[Launch, Snapshot | None]]
+    ) -> Sequence[Pane | BaseException]:
+        specs = [spec for spec, _ in requests]
+        guard = FileLock(self.paths.locks / "spawn.lock", f"opening the window of {specs[0].task}")
         try:
             with contextlib.suppress(OSError):  # a read-only state folder: go unguarded
-                await guard.acquire(SPAWN_WAIT_S, task=first)
-            snapshot = await self.backend.snapshot()
-            self._hosted_seen = snapshot.alive(MONITOR_WINDOW) is not None
-            return await anyio.to_thread.run_sync(
-                lambda: self.backend.launch_many_sync(specs, snapshot)
-            )
+                await guard.acquire(SPAWN_WAIT_S, task=specs[0].task)
+            seen = {id(snap): snap for _, snap in requests}
+            reused = next(iter(seen.values())) if len(seen) == 1 else None
+            if reused is not None and reused.session is not None:
+                results = await self._launch(specs, reused)
+                retry = [i for i, result in enumerate(results) if isinstance(result, TmuxError)]
+                if not retry:
+                    return results
+                # What changed since (a session or window gone): once more on tmux's word.
+                again = await self._launch([specs[i] for i in retry], None)
+                for i, result in zip(retry, again, strict=True):
+                    results[i] = result
+                return results
+            return await self._launch(specs, None)
         except (TaskmuxError, OSError) as exc:
             return [exc] * len(specs)
         finally:
             guard.release()
+
+    async def _launch(
+        self, specs: list[Launch], snapshot: Snapshot | None
+    ) -> list[Pane | TmuxError]:
+        """Launch specs (holding the spawn lock) on that snapshot, or on one read now."""
+        if snapshot is None:
+            snapshot = await self.backend.snapshot()
+        self._hosted_seen = snapshot.alive(MONITOR_WINDOW) is not None
+        launched = snapshot
+        return await anyio.to_thread.run_sync(
+            lambda: self.backend.launch_many_sync(specs, launched)
+        )
 
     async def ensure_hosted_monitor(self) -> None:
         """Keep a monitor in the project's own session, so policies outlive the agent."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import TYPE_CHECKING
 
 import anyio
 
-from . import records
+from . import processes, records
 from .backend import Pane
 from .events import Cause, EventType
 from .health import ProbeMethod, ProbeOutcome, probe_checks
@@ -23,18 +24,18 @@ if TYPE_CHECKING:
 
 SETTLE_S = 1.0
 READY_POLL_S = 0.2
-FIRST_PROBES_MIN_S = 0.01
-PROBE_SHARE = 4  # within the start period, a start's next probe waits 4x what the last took
+START_PROBE_S = 0.02  # within its start period, a start's probes begin this far apart
 LOG_TAIL_LINES = 15
 
 
-def probe_pause(probe_s: float, alive_for: float, start_period: float) -> float:
-    """The wait before a start's next probe: within the task's start period, when it is
-    expected to become ready, four times what the last probe took (10 ms at least, so probes
-    take at most a fifth of the time), READY_POLL_S at most and after it."""
+def probe_pause(spent: float, alive_for: float, start_period: float) -> float:
+    """The wait before a start's next probe, given what the last one took (its recording
+    included): within the task's start period, when it is expected to become ready, what is
+    left of START_PROBE_S, or as long as a slow probe took (probes take at most half the
+    time); READY_POLL_S after it, and at most."""
     if alive_for >= start_period:
         return READY_POLL_S
-    return min(READY_POLL_S, max(FIRST_PROBES_MIN_S, PROBE_SHARE * probe_s))
+    return min(READY_POLL_S, max(START_PROBE_S - spent, spent))
 
 
 def is_one_shot(project: Project, name: str) -> bool:
@@ -147,24 +148,48 @@ def exit_text(seen: Observed) -> str:
     return f"exited with status {seen.exit_code}"
 
 
+class _PaneView:
+    """The task's pane as a readiness wait needs it, without a tmux call per probe: tmux is
+    read every READY_POLL_S, and at once when /proc no longer shows the pane's process."""
+
+    def __init__(self, project: Project, name: str) -> None:
+        self.project = project
+        self.name = name
+        self.pane: Pane | None = None
+        self.read_at = -math.inf
+
+    async def get(self) -> Pane | None:
+        """The pane as tmux last reported it, read again when that may have changed."""
+        pane = self.pane
+        stale = time.monotonic() - self.read_at >= READY_POLL_S
+        if pane is None or pane.dead or stale or not processes.is_running(pane.pid):
+            self.pane = (await self.project.backend.snapshot()).panes.get(self.name)
+            self.read_at = time.monotonic()
+        return self.pane
+
+
 async def await_ready(
     project: Project, name: str, action: str, deadline: float, began: float, *, finish: bool = False
 ) -> TaskResult:
-    """Poll until the task is healthy or settled, has exited, or the deadline passes.
+    """Wait until the task is healthy or settled, has exited, or the deadline passes.
 
-    finish: wait for its exit even when it is a long-running task (as one-shot tasks are waited).
+    Within its start period its checks come probe_pause() apart (tens of ms), so whoever waits
+    on it (a dependent, the caller) hears within about one probe that it became ready; the
+    waits are the project's clock's. finish: wait for its exit even when it is a long-running
+    task (as one-shot tasks are waited).
     """
     task = project.config.task(name)
     finish = finish or task.oneshot
+    clock = project.clock
+    view = _PaneView(project, name)
     last_check: ProbeOutcome | None = None
     while True:
-        snap = await project.backend.snapshot()
-        pane = snap.panes.get(name)
+        pane = await view.get()
         record = project.records.get(name)
         elapsed = round(time.monotonic() - began, 2)
         waiting = (pane is None or pane.dead) and _being_restarted(record, pane)
         if waiting and time.monotonic() < deadline:
-            await anyio.sleep(READY_POLL_S)  # another caller restarts it: wait for that run
+            await clock.sleep(READY_POLL_S)  # another caller restarts it: wait for that run
             continue
         if pane is None or pane.dead:
             await drain(project, name, pane)
@@ -189,12 +214,13 @@ async def await_ready(
                 log_tail=[] if ok else project.verdict_tail(name, LOG_TAIL_LINES),
                 duration_s=elapsed,
             )
-        alive_for = project.clock.now() - (record.started_at or project.clock.now())
+        alive_for = clock.now() - (record.started_at or clock.now())
         pause = READY_POLL_S
         if task.has_check() and not finish:
             probed = time.monotonic()
             last_check = await check(project, name, record, cause=None)
-            pause = probe_pause(time.monotonic() - probed, alive_for, task.health_start_period)
+            spent = time.monotonic() - probed
+            pause = probe_pause(spent, alive_for, task.health_start_period)
             record = project.records.get(name)
             if record.health is Health.HEALTHY:
                 return _result(project, name, pane, action, True, elapsed)
@@ -211,7 +237,7 @@ async def await_ready(
             )
             why = f"timed out waiting {what}"
             return _result(project, name, pane, "not_ready", False, elapsed, why, last_check)
-        await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        await clock.sleep(min(pause, max(0.0, deadline - time.monotonic())))
 
 
 def _result(

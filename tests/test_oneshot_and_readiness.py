@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from support import Workspace, events_of, status_of, wait_until
+from support import FakeClock, Workspace, events_of, status_of, wait_until
 
+from taskmux_mcp import readiness
 from taskmux_mcp.config import Condition, RestartPolicy, parse_config
 from taskmux_mcp.errors import ConfigError, ConfigProblem
 from taskmux_mcp.models import ActionResult, Health, TaskResult, TaskState
@@ -259,6 +261,62 @@ def test_condition_healthy_waits_for_the_health_check(project: Workspace) -> Non
     assert result.ok, result
     started_at = sup.records.get("web").started_at
     assert started_at is not None and started_at >= opened, (started_at, opened)
+
+
+def test_a_dependent_is_launched_the_moment_its_dependency_passes_its_check(
+    project: Workspace,
+) -> None:
+    project.write(
+        """
+        [tasks.db]
+        command = "sleep 0.3; touch db.ready; sleep 1000"
+        health_check = "test -f db.ready"
+        health_start_period = 600
+        [tasks.web]
+        command = "sleep 1000"
+        depends_on = ["db"]
+        """
+    )
+    clock = FakeClock()
+    sup = project.open(clock=clock)
+    result = anyio.run(lambda: sup.start(timeout=30))
+    assert result.ok, result
+    db, web = sup.records.get("db"), sup.records.get("web")
+    # The wait between db's probes is the clock's, and short: well under the poll that
+    # follows a start period.
+    moments = [check.at for check in db.checks]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(moments)]
+    assert gaps and all(0 < gap < readiness.READY_POLL_S for gap in gaps), gaps
+    assert db.checks[-1].healthy and not db.checks[0].healthy
+    # Nothing waited between db's passing check and web's launch: no tick of the clock.
+    assert db.healthy_since is not None and web.started_at == db.healthy_since
+
+
+def test_a_probe_of_a_start_comes_tens_of_ms_after_the_last_within_its_start_period() -> None:
+    pause = readiness.probe_pause
+    assert pause(0.004, alive_for=1.0, start_period=10) == pytest.approx(0.016)
+    assert pause(0.0, alive_for=1.0, start_period=10) == readiness.START_PROBE_S
+    assert pause(0.05, alive_for=1.0, start_period=10) == 0.05  # a slow probe: half the time
+    assert pause(5.0, alive_for=1.0, start_period=10) == readiness.READY_POLL_S
+    assert pause(0.004, alive_for=10.0, start_period=10) == readiness.READY_POLL_S
+
+
+def test_a_crash_while_its_check_is_awaited_is_reported_with_its_status(
+    project: Workspace,
+) -> None:
+    project.write(
+        """
+        [tasks.api]
+        command = "sleep 0.3; exit 3"
+        health_check = "false"
+        health_start_period = 600
+        """
+    )
+    sup = project.open()
+    result = anyio.run(lambda: sup.start(timeout=30))
+    api = result.tasks[0]
+    assert not result.ok
+    assert (api.action, api.exit_code) == ("crashed", 3), api
 
 
 def test_condition_completed_waits_for_a_long_running_task_to_exit_0(

@@ -14,7 +14,9 @@ import psutil
 import pytest
 from support import Workspace, events_of, status_of, wait_until
 
-from taskmux_mcp.backend import Launch
+from taskmux_mcp import lifecycle
+from taskmux_mcp.backend import Launch, Pane
+from taskmux_mcp.events import Cause
 from taskmux_mcp.models import TaskState
 from taskmux_mcp.project import Project as Facade
 
@@ -505,20 +507,74 @@ def test_one_tmux_call_opens_many_windows_and_a_failure_spoils_none(project: Wor
     assert sorted(panes) == sorted(["busy", "w0", "w1", "w2", "w3", "w4", "w5"])  # once each
 
 
+def tmux_calls(sup: Facade) -> list[list[str]]:
+    """The arguments of every tmux call the facade makes from now on (kept as they happen)."""
+    calls: list[list[str]] = []
+    original = sup.backend._call
+
+    def recording(args: Any) -> Any:
+        calls.append(list(args))
+        return original(args)
+
+    sup.backend._call = recording  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_launch_reads_tmux_once_under_the_tasks_lock(project: Workspace) -> None:
+    project.write(
+        """
+        [tasks.db]
+        command = "sleep 1000"
+        [tasks.web]
+        command = "sleep 1000"
+        """
+    )
+    sup = project.open()
+    assert anyio.run(lambda: sup.start(["db"], wait=False)).ok  # the session is there
+    recorded = tmux_calls(sup)
+    assert anyio.run(lambda: sup.start(["web"], wait=False)).ok
+    calls = [" ".join(args) for args in recorded]
+    launch = next(i for i, call in enumerate(calls) if "TASKMUX_TASK=web" in call)
+    reads = [call for call in calls[:launch] if call.startswith("list-panes")]
+    assert len(reads) == 1, calls[: launch + 1]  # the one taken holding web's lock
+
+
+def test_a_launch_on_a_reading_gone_stale_reads_tmux_again(project: Workspace) -> None:
+    project.write(
+        """
+        [tasks.keep]
+        command = "sleep 1000"
+        [tasks.once]
+        command = "exit 0"
+        oneshot = true
+        """
+    )
+    sup = project.open()
+    assert anyio.run(lambda: sup.start(timeout=10)).ok
+    stale = anyio.run(sup.backend.snapshot)
+    gone = stale.panes["once"]
+    sup.backend.run("kill-window", "-t", gone.window_id)  # after the reading: its pane is gone
+
+    async def relaunch() -> Pane:
+        lock = sup.task_lock("once", "test")
+        await lock.acquire(5, task="once")
+        try:
+            return await lifecycle.launch(sup, "once", Cause.USER, lock=lock, seen=stale)
+        finally:
+            lock.release()
+
+    pane = anyio.run(relaunch)
+    assert pane.pane_id != gone.pane_id
+    assert anyio.run(sup.backend.snapshot).panes["once"].window_id == pane.window_id
+
+
 def test_a_hundred_tasks_start_in_few_tmux_calls(project: Workspace) -> None:
     project.write("".join(f'[tasks.t{i}]\ncommand = "exec sleep 100000"\n' for i in range(100)))
     sup = project.open()
-    calls: list[int] = []
-    original = sup.backend._call
-
-    def counting(args: Any) -> Any:
-        calls.append(len(args))
-        return original(args)
-
-    sup.backend._call = counting  # type: ignore[method-assign]
+    calls = tmux_calls(sup)
     started = anyio.run(lambda: sup.start(wait=False, timeout=60))
     assert started.ok and len(started.tasks) == 100
-    launches = [n for n in calls if n > 200]  # the batched launch sequences
+    launches = [len(args) for args in calls if len(args) > 200]  # the batched launch sequences
     assert 1 <= len(launches) <= 30, calls
     assert len(anyio.run(sup.backend.snapshot).panes) == 100
     anyio.run(sup.stop)
