@@ -431,7 +431,7 @@ class Project:
             spec = Launch(
                 task=MONITOR_WINDOW,
                 run=0,
-                command=" ".join(_shell_quote(a) for a in argv),
+                command="exec " + " ".join(_shell_quote(a) for a in argv),  # no shell left
                 cwd=self.config.root,
                 env=env,
                 pipe=None,
