@@ -50,6 +50,7 @@ from support import (
     wait_until,
 )
 
+from taskmux_mcp.control import ask_monitor
 from taskmux_mcp.mcp_server import build_server
 from taskmux_mcp.models import TaskState
 from taskmux_mcp.processes import is_running
@@ -266,6 +267,29 @@ async def test_a_stop_on_a_full_disk_stops_and_says_what_was_not_written(
     async with mcp_client(project) as client:
         error, text, answer = await tool(client, "stop", tasks=["api"])
         assert not error and answer["ok"], text
+
+
+def test_a_stop_the_monitor_answers_on_a_full_disk_says_what_was_not_written(
+    project: Workspace,
+    procs: list[subprocess.Popen[bytes]],
+    state_tmpfs: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    project.write(API + '[tasks.web]\ncommand = "sleep 1000"\n')
+    sup = project.open()
+    assert anyio.run(lambda: sup.start(wait=False)).ok
+    run_monitor(project, procs, sup)
+    wait_until((sup.paths.root / "control.sock").exists, timeout=10)
+    fill(state_tmpfs)
+    argv = ["--project", str(project.root), "--json", "stop", "api"]
+    assert ask_monitor(argv, project.root, project.env) == 0  # the monitor answered
+    stopped = json.loads(no_crash(capsys.readouterr().out))
+    assert stopped["ok"], stopped
+    assert_full_disk_said(stopped)
+    assert marked(sup, "api") == [] and marked(sup, "web") != []
+    assert procs[0].poll() is None
+    code, shown = cli_json(project, "status")
+    assert code == 0 and {t["name"]: t["state"] for t in shown["tasks"]}["web"] == "running"
 
 
 @pytest.mark.anyio
