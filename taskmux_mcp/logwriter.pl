@@ -16,8 +16,12 @@ die "usage: logwriter.pl LOG RUN PID MAX_BYTES MAX_FILES [resume]\n"
 $max_bytes = 1 if $max_bytes < 1;
 $max_files = 1 if $max_files < 1;
 $SIG{HUP} = 'IGNORE';    # drain the pipe to EOF even if tmux hangs up
-# SIGUSR1 asks us to finish once the pipe is empty: tmux has handed it every byte of a dead pane.
-my $draining = 0;
+# SIGUSR1 asks us to finish once the pipe is empty: tmux has handed it every byte of a dead pane,
+# unless the pipe was full (a socket holds only a few hundred small writes): then tmux keeps the
+# rest and hands it on as we read, so a drain ends once nothing was read for $SETTLE.
+my $draining  = 0;
+my $last_read = 0;
+my $SETTLE    = 0.1;
 $SIG{USR1} = sub { $draining = 1 };
 umask 077;
 
@@ -50,6 +54,11 @@ sub now {
     my $t    = Time::HiRes::time();
     my $secs = int($t);
     return ($secs, int(($t - $secs) * 1e6));
+}
+
+sub since_read {    # a clock set back counts as quiet
+    my $since = seconds() - $last_read;
+    return $since < 0 ? $SETTLE : $since;
 }
 
 sub seconds {
@@ -181,10 +190,12 @@ vec($rin, fileno(STDIN), 1) = 1;
 my $buf = '';
 while (1) {
     my $rout;
-    # 2 s: a drain request that lands just before select is seen anyway; 0 once draining.
-    my $n = select($rout = $rin, undef, undef, $draining ? 0 : 2.0);
+    # 2 s: a drain request that lands just before select is seen anyway.
+    my $quiet = $draining ? $SETTLE - since_read() : 2.0;
+    my $n = select($rout = $rin, undef, undef, $quiet > 0 ? $quiet : 0);
     if ($n <= 0) {
-        last if $draining && $n == 0;    # nothing left in the pipe: everything is written
+        # nothing left in the pipe, nor coming: everything is written
+        last if $draining && $n == 0 && since_read() >= $SETTLE;
         next;
     }
     my $got = sysread(STDIN, $buf, $READ);
@@ -193,6 +204,7 @@ while (1) {
         last;
     }
     last if $got == 0;
+    $last_read = seconds();
     if ($held_cr) {
         substr($buf, 0, 0) = "\r";
         $held_cr = 0;

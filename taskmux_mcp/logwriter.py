@@ -16,6 +16,8 @@ inside) for its whole life, and a new one waits up to ``LOCK_WAIT`` seconds for 
 of the same log to drain.
 SIGUSR1 asks a writer to finish: once its pane is dead tmux has handed the pipe every byte, so
 the writer writes what is left in the pipe and exits, letting go of the lock (a flush barrier).
+A full pipe (a socket holds only a few hundred small writes) leaves the rest with tmux, which
+hands it on as the writer reads: a drain ends once nothing was read for SETTLE.
 This module imports only the standard library so it runs without the package's environment.
 """
 
@@ -33,6 +35,7 @@ OUTPUT_SEP = b"\t"
 MARKER_TAG = b" @taskmux start "
 READ_SIZE = 65536
 LOCK_WAIT = 2.0
+SETTLE = 0.1  # seconds without a read that end a drain
 IDLE_WAIT = 2.0  # a drain request is seen within this long even if its wake-up is missed
 USAGE = "usage: logwriter.py LOG RUN PID MAX_BYTES MAX_FILES [resume]"
 RESUMED = b"[taskmux] the log writer was replaced; output written just before may be missing"
@@ -226,18 +229,19 @@ def run(
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGUSR1, lambda *_: None)
-    draining = False
+    draining, last_read = False, 0.0
     while True:
+        wait = max(0.0, SETTLE - (time.monotonic() - last_read)) if draining else IDLE_WAIT
         try:
-            ready = select.select([source, wake_r], [], [], 0 if draining else IDLE_WAIT)[0]
+            ready = select.select([source, wake_r], [], [], wait)[0]
         except InterruptedError:
             continue
         if wake_r in ready:
             os.read(wake_r, 64)
             draining = True
         if source not in ready:
-            if draining:
-                break  # nothing left in the pipe: everything tmux gave is written
+            if draining and time.monotonic() - last_read >= SETTLE:
+                break  # nothing left in the pipe, nor coming: everything tmux gave is written
             continue
         try:
             buf = os.read(source, READ_SIZE)
@@ -247,6 +251,7 @@ def run(
             break
         if not buf:
             break
+        last_read = time.monotonic()
         if held_cr:
             buf, held_cr = b"\r" + buf, False
         if buf.endswith(b"\r"):

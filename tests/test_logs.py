@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -96,6 +98,29 @@ def write_records(path: Path, items: list[tuple[datetime, str | None]]) -> None:
 @pytest.fixture(params=WRITERS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> LogStore:
     return LogStore(tmp_path / "logs", writer=request.param)
+
+
+def test_a_drain_that_reads_anything_waits_for_what_tmux_still_holds(store: LogStore) -> None:
+    """A pipe that filled up while the writer lagged leaves output with tmux, which hands it on
+    as the writer reads: a drain that read something ends only after a quiet moment."""
+    writer = Writer(store, "api")
+    writer.send(b"first\r\n")
+    log = store.path("api")
+    wait_for(lambda: b"first" in content(log), what="the first line written")
+    pid = int(Path(f"{log}.lock").read_text().split()[0])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        writer.send(b"second\r\n")  # waiting in the pipe when the drain begins
+        os.kill(pid, signal.SIGUSR1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 5
+    while b"second" not in content(log) and time.monotonic() < deadline:
+        time.sleep(0.001)  # the drain has read: tmux now hands on the rest (within 0.1 s)
+    with contextlib.suppress(BrokenPipeError):
+        writer.send(b"third\r\n")
+    assert writer.proc.wait(timeout=10) == 0
+    assert [r.split(b"\t", 1)[1] for r in records(log)[1:]] == [b"first", b"second", b"third"]
 
 
 # --- parsing and cleaning ---------------------------------------------------------------
