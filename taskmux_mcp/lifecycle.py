@@ -236,14 +236,15 @@ async def wait_dead(project: Project, name: str, timeout: float = DEAD_WAIT_S) -
 async def drain(project: Project, name: str, pane: Pane | None) -> bool:
     """After a run ended: wait until its log writer has saved every byte (a flush barrier).
 
-    tmux hands a dead pane's pipe all its output before it reports the pane dead; the writer,
-    asked to finish, writes what is left in the pipe and lets go of its log's lock.
+    The writer, asked to finish, writes what is in the pipe and what tmux still hands on (a
+    full pipe leaves the rest with tmux), until nothing came for a moment, and lets go of its
+    log's lock.
     """
     if pane is None or not pane.dead or not pane.piped:
         return False
     run = pane.run if pane.run is not None else project.records.get(name).run
     with anyio.move_on_after(DRAIN_WAIT_S):
-        while not pane.reaped:  # tmux hands the pipe its last output before it reaps
+        while not pane.reaped:  # an end read from the zombie: wait for tmux's own, as before
             await anyio.sleep(0.002)
             again = (await project.backend.snapshot()).panes.get(name)
             if again is None or again.pane_id != pane.pane_id:
